@@ -1,0 +1,87 @@
+# modeldeploy: a Kubernetes operator that serves scikit-learn models.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KUBECONFIG_LOCAL := $(CURDIR)/.cluster/kubeconfig
+IMAGE ?= modeldeploy/modelserver:0.1.0
+CONTAINER_TOOL ?= $(shell command -v docker || command -v podman || command -v buildah)
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Development
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv and install the project with everything for development.
+
+.PHONY: test
+test: install manifests-check lint ## The suite CI runs: CRD freshness, lint, unit, server and integration tests.
+	$(PY) -m pytest
+
+.PHONY: test-unit
+test-unit: install ## Only the tests that need no cluster.
+	$(PY) -m pytest -m "not integration and not e2e"
+
+.PHONY: lint
+lint: install ## ruff and mypy (strict).
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: install ## Format the code with ruff.
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: manifests
+manifests: install ## Regenerate crds/ from the typed API models.
+	$(PY) -m modeldeploy.crdgen --out crds/
+
+.PHONY: manifests-check
+manifests-check: install ## Fail when crds/ is stale.
+	$(PY) -m modeldeploy.crdgen --check crds/
+
+##@ Cluster
+
+.PHONY: binaries
+binaries: install ## Build (or reuse from ~/.cache) the pinned Kubernetes, etcd and KWOK binaries.
+	$(PY) -m localcluster build
+
+.PHONY: cluster-up
+cluster-up: install ## Start the local control plane; kubeconfig at .cluster/kubeconfig.
+	$(PY) -m localcluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane and remove its state.
+	@if [ -x $(PY) ]; then $(PY) -m localcluster down; fi
+
+.PHONY: run
+run: install ## Run the operator in the foreground against the current KUBECONFIG.
+	$(PY) -m modeldeploy
+
+.PHONY: demo
+demo: install ## The main job: local cluster, CRD, operator, samples, status.
+	hack/demo.sh
+
+##@ Model server
+
+.PHONY: image
+image: ## Build the model server image (docker, podman or buildah).
+	@test -n "$(CONTAINER_TOOL)" || { echo "make image needs docker, podman or buildah on PATH" >&2; exit 1; }
+	$(CONTAINER_TOOL) build -t $(IMAGE) -f server_image/Dockerfile server_image
+
+.PHONY: bench
+bench: install ## The benchmarks (operator on the local cluster; model server against KServe and MLServer).
+	$(PY) -m bench
