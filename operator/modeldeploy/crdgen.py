@@ -1,0 +1,175 @@
+"""Generate the ModelDeployment CRD from the typed API models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no ``$ref``, no
+``anyOf``-with-null for optional fields. Pydantic's JSON schema is close; this module inlines the
+definitions and rewrites the few constructs Kubernetes does not accept.
+
+    python -m modeldeploy.crdgen --out crds/     # regenerate
+    python -m modeldeploy.crdgen --check crds/   # exit 1 when crds/ is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeldeploy import api
+
+CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
+
+# Pydantic keys with no meaning for (or not accepted by) the Kubernetes schema.
+_DROPPED_KEYS = {"title", "$defs", "additionalProperties"}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    },
+    {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
+    {"name": "Version", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:  # noqa: PLR0912 - one pass, one place
+    """Inline ``$ref`` and rewrite pydantic-isms into structural-schema form."""
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    node = dict(node)
+    any_of = node.get("anyOf")
+    if any_of is not None and not node.get("x-kubernetes-int-or-string"):
+        # Optional[X] is anyOf [X, null]: keep X; absence already means "not set".
+        non_null = [option for option in any_of if option.get("type") != "null"]
+        if len(non_null) == 1:
+            del node["anyOf"]
+            node = {**non_null[0], **node}
+            if node.get("default", ...) is None:
+                del node["default"]
+            return _resolve(node, defs)
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS and not (key == "additionalProperties" and isinstance(value, dict)):
+            continue
+        if key == "properties":
+            out[key] = {name: _resolve(schema, defs) for name, schema in value.items()}
+        elif key == "description":
+            out[key] = " ".join(str(value).split())
+        else:
+            out[key] = _resolve(value, defs)
+    if out.get("default", ...) is None:
+        del out["default"]
+    return out
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of ModelDeployment."""
+    raw = api.ModelDeployment.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    schema: dict[str, Any] = _resolve(raw, defs)
+    # apiVersion, kind and metadata are the API server's business; keep them minimal.
+    properties = schema["properties"]
+    properties["apiVersion"] = {
+        "type": "string",
+        "description": properties["apiVersion"]["description"],
+    }
+    properties["kind"] = {"type": "string", "description": properties["kind"]["description"]}
+    properties["metadata"] = {"type": "object"}
+    schema["required"] = ["spec"]
+    return schema
+
+
+def render_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "modeldeploy"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["all", "modeldeploy"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `make manifests` from operator/modeldeploy/api.py. Do not edit.\n"
+
+
+def render_crd_yaml() -> str:
+    """The CRD as the YAML text kept in crds/."""
+    body = yaml.safe_dump(render_crd(), sort_keys=False, width=100, allow_unicode=True)
+    return HEADER + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write or check crds/."""
+    parser = argparse.ArgumentParser(prog="python -m modeldeploy.crdgen", description=__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--out", type=Path, help="directory to write the CRD into")
+    group.add_argument("--check", type=Path, help="directory whose CRD must be up to date")
+    args = parser.parse_args(argv)
+    text = render_crd_yaml()
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / CRD_FILE).write_text(text)
+        print(f"wrote {args.out / CRD_FILE}")
+        return 0
+    path = args.check / CRD_FILE
+    if not path.exists() or path.read_text() != text:
+        print(f"{path} is stale: run `make manifests` and commit the result", file=sys.stderr)
+        return 1
+    print(f"{path} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The one module that talks to the Kubernetes API (the official, synchronous client).
+
+Every call is bounded by a timeout: kopf runs sync handlers in a thread pool, and a hung call
+would hold a thread forever. Writes use server-side apply under one field manager, so applying
+an unchanged object is a no-op on the server (no new resourceVersion, no watch event).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from modeldeploy import api, metrics
+from modeldeploy.render import DEPLOYMENT, ChildKind
+from modeldeploy.settings import Settings
+
+Obj = dict[str, Any]
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+
+def load_client_config() -> client.Configuration:
+    """In-cluster credentials when running in a pod, else the current KUBECONFIG."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def _base(api_version: str) -> str:
+    return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+
+
+def _path(api_version: str, plural: str, namespace: str, name: str | None = None) -> str:
+    path = f"{_base(api_version)}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+_PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "NetworkPolicy": "networkpolicies",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    api.KIND: api.PLURAL,
+}
+
+
+class Kube:
+    """Thin, typed-enough access to the few API calls the operator makes."""
+
+    def __init__(self, settings: Settings, configuration: client.Configuration | None = None):
+        self._settings = settings
+        self._client = client.ApiClient(configuration or load_client_config())
+        self._timeout = settings.api_timeout_seconds
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> Obj:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            response = self._client.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        except ApiException as error:
+            if error.status != 404:
+                metrics.API_ERRORS.labels(verb=method, kind=kind, code=str(error.status)).inc()
+            raise
+        raw = response[0].data if isinstance(response, tuple) else response.data
+        result: Obj = json.loads(raw) if raw else {}
+        return result
+
+    # --- writes -------------------------------------------------------------------------
+
+    def apply(self, obj: Obj, *, field_manager: str | None = None) -> Obj:
+        """Server-side apply ``obj`` (force: the operator is the authority on what it renders)."""
+        meta = obj["metadata"]
+        path = _path(obj["apiVersion"], _PLURALS[obj["kind"]], meta["namespace"], meta["name"])
+        return self._call(
+            "PATCH",
+            path,
+            kind=obj["kind"],
+            body=obj,
+            query=[
+                ("fieldManager", field_manager or self._settings.field_manager),
+                ("force", "true"),
+            ],
+            content_type=APPLY,
+        )
+
+    def hand_over_replicas(self, namespace: str, name: str, replicas: int) -> Obj:
+        """Let a second field manager co-own Deployment.spec.replicas at its current value.
+
+        When autoscaling is switched on, the operator stops applying ``replicas``. If it were the
+        field's only owner, server-side apply would remove the field and the Deployment would
+        drop to 1 replica before the HPA reacts. With a co-owner the value stays until the HPA
+        takes the field over.
+        """
+        handoff = {
+            "apiVersion": DEPLOYMENT.api_version,
+            "kind": DEPLOYMENT.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        return self.apply(handoff, field_manager=f"{self._settings.field_manager}-handoff")
+
+    def delete(self, kind: ChildKind, namespace: str, name: str) -> bool:
+        """Delete a child; False when it was already gone."""
+        try:
+            self._call(
+                "DELETE",
+                _path(kind.api_version, kind.plural, namespace, name),
+                kind=kind.kind,
+                query=[("propagationPolicy", "Background")],
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def apply_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        """Server-side apply of the status subresource (fields no longer set are removed)."""
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        path = _path(api.API_VERSION, api.PLURAL, namespace, name) + "/status"
+        return self._call(
+            "PATCH",
+            path,
+            kind=api.KIND,
+            body=body,
+            query=[("fieldManager", self._settings.field_manager), ("force", "true")],
+            content_type=APPLY,
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, kind: ChildKind, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call(
+                "GET", _path(kind.api_version, kind.plural, namespace, name), kind=kind.kind
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call(
+                "GET", _path(api.API_VERSION, api.PLURAL, namespace, name), kind=api.KIND
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, selector: str, limit: int = 20) -> list[Obj]:
+        """Pods matching ``selector`` (bounded: only read to explain a stuck rollout)."""
+        result = self._call(
+            "GET",
+            _path("v1", "pods", namespace),
+            kind="Pod",
+            query=[("labelSelector", selector), ("limit", str(limit))],
+        )
+        items: list[Obj] = result.get("items", [])
+        return items

@@ -1,0 +1,429 @@
+"""Pure rendering of a ModelDeployment's children: spec in, Kubernetes objects (dicts) out.
+
+Nothing here does I/O. Each ``render_*`` returns the complete desired object as it is sent with
+server-side apply, so a field the operator leaves out is a field it does not own (the
+Deployment's ``replicas`` under autoscaling is the important case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from modeldeploy import api
+from modeldeploy.settings import Settings
+
+Obj = dict[str, Any]
+
+APP_NAME = "modelserver"
+MANAGED_BY = "modeldeploy"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+SERVER_PORT = 8080
+SERVICE_PORT = 80
+SERVER_UID = 65532
+MODEL_DIR = "/mnt/models"
+FETCHED_MODEL_PATH = f"{MODEL_DIR}/model"
+DEFAULT_PROGRESS_DEADLINE = 600
+DEFAULT_MAX_SURGE = "25%"
+DEFAULT_RESOURCES: Obj = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+PRESTOP_SLEEP_SECONDS = 5
+TERMINATION_GRACE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the children need to know about their ModelDeployment."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """A kind of child object, with what the API module needs to address it."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+
+DEPLOYMENT = ChildKind("apps/v1", "Deployment", "deployments")
+SERVICE = ChildKind("v1", "Service", "services")
+HPA = ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+NETWORK_POLICY = ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+PDB = ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+CHILD_KINDS = (DEPLOYMENT, SERVICE, HPA, NETWORK_POLICY, PDB)
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """Labels that select the model pods; never change them (Deployment selectors are immutable)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    """The selector in the string form of status.selector (for the scale subresource)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(owner).items()))
+
+
+def common_labels(owner: Owner) -> dict[str, str]:
+    return {**selector_labels(owner), LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def service_url(owner: Owner, cluster_domain: str) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc.{cluster_domain}"
+
+
+def _metadata(owner: Owner) -> Obj:
+    return {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": {**common_labels(owner), LABEL_COMPONENT: "predictor"},
+        "ownerReferences": [
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def _object(kind: ChildKind, owner: Owner, spec: Obj) -> Obj:
+    return {
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
+        "metadata": _metadata(owner),
+        "spec": spec,
+    }
+
+
+def desired_replicas(spec: api.ModelDeploymentSpec) -> int | None:
+    """The replica count the operator writes, or None when the autoscaler owns it."""
+    if spec.suspend:
+        return 0
+    if spec.autoscaling is not None:
+        return None
+    return 1 if spec.replicas is None else spec.replicas
+
+
+def max_possible_replicas(spec: api.ModelDeploymentSpec) -> int:
+    """Most replicas that can run; a PodDisruptionBudget is only useful above one."""
+    if spec.autoscaling is not None:
+        return spec.autoscaling.max_replicas
+    return 1 if spec.replicas is None else spec.replicas
+
+
+def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(spec: api.ModelDeploymentSpec) -> Obj:
+    if spec.resources is None:
+        return {key: dict(value) for key, value in DEFAULT_RESOURCES.items()}
+    out: Obj = {}
+    if spec.resources.requests:
+        out["requests"] = {key: str(value) for key, value in spec.resources.requests.items()}
+    if spec.resources.limits:
+        out["limits"] = {key: str(value) for key, value in spec.resources.limits.items()}
+    return out
+
+
+def _container_security() -> Obj:
+    """Restricted Pod Security Standard, per container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+@dataclass(frozen=True)
+class ModelPlacement:
+    """How the model reaches the server container for a given URI scheme."""
+
+    served_uri: str
+    volumes: list[Obj]
+    mounts: list[Obj]
+    fetch: bool
+
+
+def model_placement(model: api.ModelSource) -> ModelPlacement:
+    """file:// as is; pvc:// mounts the claim read-only; http(s)/s3 are fetched into an emptyDir."""
+    parts = urlsplit(model.uri)
+    if parts.scheme == "file":
+        return ModelPlacement(served_uri=model.uri, volumes=[], mounts=[], fetch=False)
+    if parts.scheme == "pvc":
+        claim, path = parts.netloc, parts.path.lstrip("/")
+        return ModelPlacement(
+            served_uri=f"file://{MODEL_DIR}/{path}",
+            volumes=[
+                {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            ],
+            mounts=[{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
+            fetch=False,
+        )
+    return ModelPlacement(
+        served_uri=f"file://{FETCHED_MODEL_PATH}",
+        volumes=[{"name": "model", "emptyDir": {}}],
+        mounts=[{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
+        fetch=True,
+    )
+
+
+def _model_env(owner: Owner, model: api.ModelSource, uri: str) -> list[Obj]:
+    env = [
+        {"name": "MODEL_NAME", "value": owner.name},
+        {"name": "MODEL_URI", "value": uri},
+        {"name": "MODEL_FORMAT", "value": model.format},
+    ]
+    if model.digest:
+        env.append({"name": "MODEL_DIGEST", "value": model.digest})
+    if model.version:
+        env.append({"name": "MODEL_VERSION", "value": model.version})
+    return env
+
+
+def _fetch_container(image: str, model: api.ModelSource) -> Obj:
+    env = [
+        {"name": "MODEL_URI", "value": model.uri},
+        {"name": "MODEL_DEST", "value": FETCHED_MODEL_PATH},
+    ]
+    if model.digest:
+        env.append({"name": "MODEL_DIGEST", "value": model.digest})
+    container: Obj = {
+        "name": "fetch-model",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["fetch"],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+        ],
+    }
+    if model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    return container
+
+
+def render_deployment(body: Any, spec: api.ModelDeploymentSpec, settings: Settings) -> Obj:
+    """The Deployment running the model server."""
+    owner = Owner.from_body(body)
+    image = spec.server.image if spec.server and spec.server.image else settings.server_image
+    placement = model_placement(spec.model)
+    rollout = spec.rollout or api.Rollout()
+    labels = {**common_labels(owner), LABEL_COMPONENT: "predictor"}
+
+    server: Obj = {
+        "name": "server",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [
+            *_model_env(owner, spec.model, placement.served_uri),
+            {"name": "PORT", "value": str(SERVER_PORT)},
+        ],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        # Big models load slowly: allow up to 10 minutes before liveness starts counting.
+        "startupProbe": _probe("/v2/health/live", period=5, failures=120),
+        "resources": _resources(spec),
+        "securityContext": _container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Keep serving while the endpoints controller takes the pod out of the Service.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+            *placement.mounts,
+        ],
+    }
+    pod_spec: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVER_UID,
+            "runAsGroup": SERVER_UID,
+            "fsGroup": SERVER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [server],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *placement.volumes],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(owner)},
+            }
+        ],
+    }
+    if placement.fetch:
+        pod_spec["initContainers"] = [_fetch_container(image, spec.model)]
+
+    deployment_spec: Obj = {
+        "selector": {"matchLabels": selector_labels(owner)},
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": rollout.progress_deadline_seconds or DEFAULT_PROGRESS_DEADLINE,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": DEFAULT_MAX_SURGE if rollout.max_surge is None else rollout.max_surge,
+                "maxUnavailable": 0 if rollout.max_unavailable is None else rollout.max_unavailable,
+            },
+        },
+        "template": {
+            "metadata": {
+                "labels": labels,
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(SERVER_PORT),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    replicas = desired_replicas(spec)
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    return _object(DEPLOYMENT, owner, deployment_spec)
+
+
+def render_service(body: Any) -> Obj:
+    """ClusterIP Service in front of the model pods; port 80 named http."""
+    owner = Owner.from_body(body)
+    return _object(
+        SERVICE,
+        owner,
+        {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": SERVICE_PORT,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    )
+
+
+def render_hpa(body: Any, autoscaling: api.Autoscaling) -> Obj:
+    """autoscaling/v2 HPA on CPU utilization of the Deployment."""
+    owner = Owner.from_body(body)
+    spec: Obj = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+        "minReplicas": autoscaling.min_replicas,
+        "maxReplicas": autoscaling.max_replicas,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": autoscaling.target_cpu_utilization_percentage,
+                    },
+                },
+            }
+        ],
+    }
+    if autoscaling.scale_down_stabilization_seconds is not None:
+        spec["behavior"] = {
+            "scaleDown": {
+                "stabilizationWindowSeconds": autoscaling.scale_down_stabilization_seconds
+            }
+        }
+    return _object(HPA, owner, spec)
+
+
+def render_network_policy(body: Any, settings: api.NetworkPolicySettings) -> Obj:
+    """Ingress to the server port only from allowFrom (default: pods of the same namespace)."""
+    owner = Owner.from_body(body)
+    peers: list[Obj] = (
+        [peer.model_dump(by_alias=True, exclude_none=True) for peer in settings.allow_from]
+        if settings.allow_from
+        else [{"podSelector": {}}]
+    )
+    return _object(
+        NETWORK_POLICY,
+        owner,
+        {
+            "podSelector": {"matchLabels": selector_labels(owner)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]}],
+        },
+    )
+
+
+def render_pdb(body: Any) -> Obj:
+    """At most one model pod voluntarily disrupted at a time."""
+    owner = Owner.from_body(body)
+    return _object(
+        PDB,
+        owner,
+        {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner)}},
+    )
+
+
+@dataclass(frozen=True)
+class Children:
+    """The desired children, and the kinds that must not exist."""
+
+    wanted: list[Obj]
+    unwanted: list[ChildKind]
+
+
+def render_children(body: Any, spec: api.ModelDeploymentSpec, settings: Settings) -> Children:
+    """Every child the spec asks for, in apply order, and the kinds to delete."""
+    wanted = [render_deployment(body, spec, settings), render_service(body)]
+    unwanted: list[ChildKind] = []
+    if spec.autoscaling is not None:
+        wanted.append(render_hpa(body, spec.autoscaling))
+    else:
+        unwanted.append(HPA)
+    network = spec.network_policy or api.NetworkPolicySettings()
+    if network.enabled:
+        wanted.append(render_network_policy(body, network))
+    else:
+        unwanted.append(NETWORK_POLICY)
+    if max_possible_replicas(spec) > 1:
+        wanted.append(render_pdb(body))
+    else:
+        unwanted.append(PDB)
+    return Children(wanted=wanted, unwanted=unwanted)
