@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.modeldeploy.io"
@@ -164,13 +164,22 @@ class Autoscaling(
 ):
     """HorizontalPodAutoscaler settings; when present, the HPA owns the replica count."""
 
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> Autoscaling:
+        # Twin of the CEL rule above, for bodies that reach the operator without it.
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be less than or equal to maxReplicas")
+        return self
+
     min_replicas: int = Field(default=1, ge=1, le=1000)
     """Fewest replicas the autoscaler keeps."""
 
     max_replicas: int = Field(ge=1, le=1000)
     """Most replicas the autoscaler may run."""
 
-    target_cpu_utilization_percentage: int = Field(default=70, ge=1, le=100)
+    target_cpu_utilization_percentage: int = Field(
+        default=70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
     """Average CPU utilization, in percent of the CPU request, that the autoscaler aims for."""
 
     scale_down_stabilization_seconds: int | None = Field(default=None, ge=0, le=3600)
@@ -345,6 +354,13 @@ class ModelDeploymentSpec(
     },
 ):
     """Desired state of a served model."""
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> ModelDeploymentSpec:
+        # Twin of the CEL rule above, for bodies that reach the operator without it.
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("replicas and autoscaling are mutually exclusive")
+        return self
 
     model: ModelSource
     """The model artifact to serve."""

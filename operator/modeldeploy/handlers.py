@@ -49,6 +49,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     # Handler log lines stay logs; Events are posted on purpose, on condition transitions.
     settings.posting.level = logging.WARNING
+    # No CRD/namespace scanning: least privilege (the CRD is installed before the operator).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30

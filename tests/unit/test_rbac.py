@@ -1,0 +1,78 @@
+"""The ClusterRole grants exactly what the operator uses: nothing missing, nothing extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from modeldeploy import api, render
+from modeldeploy.settings import Settings
+
+from .conftest import ROOT, make_body
+
+READ_WATCH = {"get", "list", "watch"}
+WATCH = {"list", "watch"}
+
+
+def granted() -> dict[tuple[str, str], set[str]]:
+    docs = list(yaml.safe_load_all(Path(ROOT / "manifests" / "rbac.yaml").read_text()))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def used() -> dict[tuple[str, str], set[str]]:
+    """Derived from the code: what render_children can emit or delete, and what kube/kopf call."""
+    out: dict[tuple[str, str], set[str]] = {
+        (api.GROUP, api.PLURAL): READ_WATCH | {"patch"},  # kopf watch + progress annotations
+        (api.GROUP, f"{api.PLURAL}/status"): {"patch"},  # Kube.apply_status
+        (api.GROUP, f"{api.PLURAL}/finalizers"): {"update"},  # blockOwnerDeletion
+        ("", "pods"): {"list"},  # Kube.list_pods
+        ("", "events"): {"create"},  # kopf.event
+    }
+    # Every kind a spec can render is applied (patch) and watched for drift (list, watch); the
+    # Deployment is read before apply (get); kinds that can become unwanted are read, then deleted.
+    everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
+    nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
+    for spec in (everything, nothing):
+        children = render.render_children(make_body({}), spec, _settings())
+        for obj in children.wanted:
+            group = obj["apiVersion"].rpartition("/")[0]
+            out.setdefault((group, _plural(obj["kind"])), set()).update(WATCH | {"patch"})
+        for kind in children.unwanted:
+            group = kind.api_version.rpartition("/")[0]
+            out.setdefault((group, kind.plural), set()).update(WATCH | {"get", "delete"})
+    out[("apps", "deployments")].add("get")  # Reconciler._apply_children reads it first
+    return out
+
+
+def _plural(kind: str) -> str:
+    return next(k.plural for k in render.CHILD_KINDS if k.kind == kind)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def test_cluster_role_grants_exactly_the_verbs_used() -> None:
+    assert granted() == used()
+
+
+def test_watched_child_kinds_are_all_granted() -> None:
+    grants = granted()
+    for kind in render.CHILD_KINDS:
+        group = kind.api_version.rpartition("/")[0]
+        assert grants[(group, kind.plural)] >= WATCH, kind.kind
+
+
+def test_no_wildcards_and_no_secrets() -> None:
+    for (group, resource), verbs in granted().items():
+        assert "*" not in verbs
+        assert "*" not in resource
+        assert "*" not in group
+        assert resource != "secrets", "credentials are read by the kubelet, never by the operator"

@@ -1,0 +1,216 @@
+"""Status computed from observed children: kstatus semantics, honest phases, no churn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldeploy import api, status
+
+NOW = "2026-11-27T10:00:00Z"
+LATER = "2026-11-27T10:05:00Z"
+SPEC = api.parse_spec({"model": {"uri": "file:///m.joblib", "version": "7"}, "replicas": 3})
+
+
+def deployment(
+    *,
+    replicas: int = 3,
+    ready: int = 3,
+    updated: int = 3,
+    available: int = 3,
+    current: int | None = None,
+    generation: int = 2,
+    observed: int = 2,
+    progressing: dict[str, str] | None = None,
+    desired: int = 3,
+) -> dict[str, Any]:
+    conditions = [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]
+    if progressing:
+        conditions = [progressing]
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": replicas if current is None else current,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "conditions": conditions,
+        },
+    }
+
+
+def observe(
+    dep: dict[str, Any] | None, spec: api.ModelDeploymentSpec | None = SPEC, **kw: Any
+) -> status.Observed:
+    return status.Observed(
+        generation=kw.pop("generation", 4),
+        spec=spec,
+        spec_error=kw.pop("spec_error", None),
+        deployment=dep,
+        pod_failure=kw.pop("pod_failure", None),
+        selector="app.kubernetes.io/instance=iris,app.kubernetes.io/name=modelserver",
+        url="http://iris.models.svc.cluster.local",
+    )
+
+
+def conditions(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in result["conditions"]}
+
+
+def test_ready_when_every_replica_is_updated_and_available() -> None:
+    result, transitions = status.compute_status(observe(deployment()), None, NOW)
+    cond = conditions(result)
+    assert result["phase"] == "Ready"
+    assert cond["Ready"]["status"] == "True"
+    assert cond["Reconciling"]["status"] == "False"
+    assert cond["Stalled"]["status"] == "False"
+    assert result["observedGeneration"] == 4, (
+        "the resource's own generation, never the Deployment's"
+    )
+    assert all(c["observedGeneration"] == 4 for c in result["conditions"])
+    assert result["replicaSummary"] == "3/3"
+    assert result["model"] == {"uri": "file:///m.joblib", "version": "7"}
+    assert {t.type for t in transitions} == {"Ready", "Available"}
+
+
+def test_creating_before_the_deployment_exists() -> None:
+    result, _ = status.compute_status(observe(None), None, NOW)
+    assert result["phase"] == "Pending"
+    assert conditions(result)["Reconciling"]["status"] == "True"
+    assert conditions(result)["Ready"]["status"] == "False"
+
+
+def test_rollout_in_progress_is_reconciling_with_progress_counts() -> None:
+    dep = deployment(updated=1, available=3, current=4)
+    result, _ = status.compute_status(observe(dep), None, NOW)
+    cond = conditions(result)
+    assert result["phase"] == "Progressing"
+    assert cond["Reconciling"] == {**cond["Reconciling"], "status": "True", "reason": "RollingOut"}
+    assert "1/3 updated" in cond["Reconciling"]["message"]
+    assert cond["Available"]["status"] == "True", "old replicas keep serving during the rollout"
+    assert result["updatedReplicas"] == 1
+
+
+def test_unobserved_deployment_generation_is_not_ready() -> None:
+    result, _ = status.compute_status(observe(deployment(generation=3, observed=2)), None, NOW)
+    assert conditions(result)["Reconciling"]["reason"] == "RolloutPending"
+    assert conditions(result)["Ready"]["status"] == "False"
+
+
+def test_progress_deadline_exceeded_is_stalled() -> None:
+    dep = deployment(
+        updated=1,
+        available=3,
+        current=4,
+        progressing={
+            "type": "Progressing",
+            "status": "False",
+            "reason": "ProgressDeadlineExceeded",
+            "message": "x",
+        },
+    )
+    result, transitions = status.compute_status(observe(dep), None, NOW)
+    cond = conditions(result)
+    assert cond["Stalled"]["status"] == "True"
+    assert cond["Stalled"]["reason"] == "ProgressDeadlineExceeded"
+    assert cond["Reconciling"]["status"] == "False"
+    assert result["phase"] == "Degraded", "old replicas still serve"
+    assert any(t.type == "Stalled" and t.warning for t in transitions)
+
+
+def test_pod_failure_with_termination_message_is_stalled_with_its_reason() -> None:
+    pods = [
+        {
+            "metadata": {"name": "iris-abc"},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "server",
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {
+                            "terminated": {
+                                "message": "digest mismatch: expected sha256:aa got sha256:bb\n"
+                            }
+                        },
+                    }
+                ]
+            },
+        }
+    ]
+    failure = status.summarize_pod_failure(pods)
+    assert failure == status.PodFailure(
+        reason="ModelLoadFailed",
+        message="pod iris-abc container server: digest mismatch: expected sha256:aa got sha256:bb",
+    )
+    dep = deployment(updated=1, available=3, current=4)
+    result, _ = status.compute_status(observe(dep, pod_failure=failure), None, NOW)
+    assert conditions(result)["Stalled"]["reason"] == "ModelLoadFailed"
+    assert "digest mismatch" in conditions(result)["Ready"]["message"]
+
+
+def test_healthy_pods_have_no_failure() -> None:
+    pods = [
+        {
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "server", "state": {"running": {}}}]},
+        }
+    ]
+    assert status.summarize_pod_failure(pods) is None
+
+
+def test_invalid_spec_is_stalled_and_failed() -> None:
+    result, _ = status.compute_status(
+        observe(None, spec=None, spec_error="spec.replicas: bad"), None, NOW
+    )
+    assert result["phase"] == "Failed"
+    assert conditions(result)["Stalled"]["reason"] == "InvalidSpec"
+    assert conditions(result)["Stalled"]["message"] == "spec.replicas: bad"
+
+
+def test_suspended_is_scaled_to_zero_and_says_so() -> None:
+    spec = api.parse_spec({"model": {"uri": "file:///m"}, "suspend": True})
+    result, _ = status.compute_status(
+        observe(deployment(replicas=0, ready=0, updated=0, available=0, desired=0), spec), None, NOW
+    )
+    assert result["phase"] == "Suspended"
+    assert conditions(result)["Ready"] == {
+        **conditions(result)["Ready"],
+        "status": "False",
+        "reason": "Suspended",
+    }
+    assert conditions(result)["Reconciling"]["status"] == "False"
+
+
+def test_lost_replica_after_ready_is_degraded() -> None:
+    previous, _ = status.compute_status(observe(deployment()), None, NOW)
+    result, transitions = status.compute_status(
+        observe(deployment(ready=2, available=2)), previous, LATER
+    )
+    assert result["phase"] == "Degraded"
+    assert conditions(result)["Ready"]["lastTransitionTime"] == LATER
+    assert any(t.type == "Ready" and t.status == "False" and t.warning for t in transitions)
+
+
+def test_last_transition_time_moves_only_with_status_and_nothing_changes_when_nothing_changed() -> (
+    None
+):
+    first, _ = status.compute_status(observe(deployment()), None, NOW)
+    second, transitions = status.compute_status(observe(deployment()), first, LATER)
+    assert second == first
+    assert transitions == []
+    assert not status.status_differs(first, second)
+    assert all(c["lastTransitionTime"] == NOW for c in second["conditions"])
+
+
+def test_served_model_stays_the_old_one_until_the_rollout_completes() -> None:
+    ready, _ = status.compute_status(observe(deployment()), None, NOW)
+    new_spec = api.parse_spec(
+        {"model": {"uri": "file:///m2.joblib", "version": "8"}, "replicas": 3}
+    )
+    rolling, _ = status.compute_status(
+        observe(deployment(updated=1, current=4), new_spec), ready, LATER
+    )
+    assert rolling["model"] == {"uri": "file:///m.joblib", "version": "7"}
+    done, _ = status.compute_status(observe(deployment(), new_spec), rolling, LATER)
+    assert done["model"] == {"uri": "file:///m2.joblib", "version": "8"}
