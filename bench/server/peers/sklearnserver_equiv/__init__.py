@@ -1,0 +1,1 @@
+"""KServe's sklearn model server, rebuilt for the benchmark from KServe's public packages."""
