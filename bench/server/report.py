@@ -1,0 +1,199 @@
+"""Tables, ours/peer ratios and the targets of issue 4 (reported, never asserted)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# (peer, protocol both sides are measured on)
+PEERS = (("kserve", "v1"), ("mlserver", "v2"))
+PEER_LABEL = {"kserve": "KServe", "mlserver": "MLServer"}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 4) -> str:
+    """Plain-text table; the first `left` columns are names (left-aligned), the rest numbers."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.ljust(w) if i < left else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}x"
+
+
+def find(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for run in runs:
+        if all(run.get(k) == v for k, v in match.items()):
+            return run
+    return None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def ratios(
+    runs: list[dict[str, Any]], models: list[str], scenarios: list[str]
+) -> list[dict[str, Any]]:
+    """ours/peer per model and scenario, each side on the peer's protocol."""
+    out = []
+    for model in models:
+        for scenario in scenarios:
+            for peer, protocol in PEERS:
+                ours = find(runs, server="ours", protocol=protocol, model=model, scenario=scenario)
+                theirs = find(runs, server=peer, protocol=protocol, model=model, scenario=scenario)
+                if ours is None or theirs is None:
+                    continue
+                out.append(
+                    {
+                        "model": model,
+                        "scenario": scenario,
+                        "peer": peer,
+                        "protocol": protocol,
+                        "rps": _div(ours["rps"], theirs["rps"]),
+                        "p50": _div(ours["p50_ms"], theirs["p50_ms"]),
+                        "p99": _div(ours["p99_ms"], theirs["p99_ms"]),
+                    }
+                )
+    return out
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    headers = [
+        "model",
+        "scenario",
+        "server",
+        "proto",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "srv cores",
+        "other cores",
+    ]
+    rows = [
+        [
+            r["model"],
+            r["scenario"],
+            r["server"],
+            r["protocol"],
+            fmt(r["rps"], 0),
+            fmt(r["p50_ms"], 2),
+            fmt(r["p99_ms"], 2),
+            str(r["errors"]),
+            fmt(r["server_cpu_cores"], 2),
+            fmt(r["other_cpu_cores"], 2),
+        ]
+        for r in runs
+    ]
+    return table(headers, rows)
+
+
+def ratios_table(rows_in: list[dict[str, Any]]) -> str:
+    headers = ["model", "scenario", "vs", "proto", "req/s ratio", "p50 ratio", "p99 ratio"]
+    rows = [
+        [
+            r["model"],
+            r["scenario"],
+            PEER_LABEL[r["peer"]],
+            r["protocol"],
+            fmt_ratio(r["rps"]),
+            fmt_ratio(r["p50"]),
+            fmt_ratio(r["p99"]),
+        ]
+        for r in rows_in
+    ]
+    return table(headers, rows)
+
+
+def servers_table(servers: list[dict[str, Any]]) -> str:
+    headers = [
+        "model",
+        "server",
+        "cold start s",
+        "RSS ready MB",
+        "RSS peak MB",
+        "PSS after MB",
+        "procs",
+        "status",
+    ]
+    rows = [
+        [
+            s["model"],
+            s["server"],
+            fmt(s.get("cold_start_s"), 2),
+            fmt(s.get("rss_ready_mb"), 0),
+            fmt(s.get("rss_peak_mb"), 0),
+            fmt(s.get("pss_after_mb"), 0),
+            str(s.get("processes", "-")),
+            s.get("status", "-"),
+        ]
+        for s in servers
+    ]
+    return table(headers, rows, left=2)
+
+
+def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 4's goals against KServe (V1 on both sides). Reported, not asserted."""
+    goals = [
+        ("pipeline", "single-c64", "rps", ">=", 8.0, "throughput >= 8x KServe"),
+        ("forest", "single-c64", "rps", ">=", 20.0, "throughput >= 20x KServe"),
+        ("pipeline", "single-c64", "p99_ms", "<=", 0.25, "p99 <= 1/4 of KServe"),
+        ("forest", "single-c64", "p99_ms", "<=", 0.25, "p99 <= 1/4 of KServe"),
+        ("pipeline", "single-c1", "p50_ms", "<=", 1.0, "p50 no worse than KServe"),
+        ("forest", "single-c1", "p50_ms", "<=", 1.0, "p50 no worse than KServe"),
+    ]
+    out = []
+    for model, scenario, metric, op, bound, text in goals:
+        ours = find(runs, server="ours", protocol="v1", model=model, scenario=scenario)
+        theirs = find(runs, server="kserve", protocol="v1", model=model, scenario=scenario)
+        ratio = _div(ours[metric], theirs[metric]) if ours and theirs else None
+        met = None if ratio is None else (ratio >= bound if op == ">=" else ratio <= bound)
+        out.append(
+            {
+                "model": model,
+                "scenario": scenario,
+                "goal": text,
+                "metric": metric,
+                "ratio": ratio,
+                "bound": bound,
+                "met": met,
+            }
+        )
+    return out
+
+
+def targets_table(rows_in: list[dict[str, Any]]) -> str:
+    headers = ["model", "scenario", "goal", "ours/KServe", "result"]
+    rows = [
+        [
+            r["model"],
+            r["scenario"],
+            r["goal"],
+            fmt_ratio(r["ratio"]),
+            "n/a" if r["met"] is None else ("met" if r["met"] else "MISSED"),
+        ]
+        for r in rows_in
+    ]
+    return table(headers, rows, left=3)
