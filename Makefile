@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install the project with everything for development.
 
 .PHONY: test
-test: install manifests-check lint ## The suite CI runs: CRD freshness, lint, unit, server and integration tests.
+test: install manifests-check lint binaries ## The suite CI runs: generated-file freshness, lint, unit, server and integration tests.
 	$(PY) -m pytest
 
 .PHONY: test-unit
@@ -47,11 +47,11 @@ fmt: install ## Format the code with ruff.
 
 .PHONY: manifests
 manifests: install ## Regenerate crds/ from the typed API models.
-	$(PY) -m modeldeploy.crdgen --out crds/
+	$(PY) -m modeldeploy.crdgen --out crds/ --docs docs/
 
 .PHONY: manifests-check
 manifests-check: install ## Fail when crds/ is stale.
-	$(PY) -m modeldeploy.crdgen --check crds/
+	$(PY) -m modeldeploy.crdgen --check crds/ --docs docs/
 
 ##@ Cluster
 
@@ -81,6 +81,11 @@ demo: install ## The main job: local cluster, CRD, operator, samples, status.
 image: ## Build the model server image (docker, podman or buildah).
 	@test -n "$(CONTAINER_TOOL)" || { echo "make image needs docker, podman or buildah on PATH" >&2; exit 1; }
 	$(CONTAINER_TOOL) build -t $(IMAGE) -f server_image/Dockerfile server_image
+
+.PHONY: operator-image
+operator-image: ## Build the operator image.
+	@test -n "$(CONTAINER_TOOL)" || { echo "make operator-image needs docker, podman or buildah on PATH" >&2; exit 1; }
+	$(CONTAINER_TOOL) build -t modeldeploy/operator:0.1.0 -f operator/Dockerfile .
 
 .PHONY: bench
 bench: install ## The benchmarks (operator on the local cluster; model server against KServe and MLServer).

@@ -1,0 +1,229 @@
+"""Fixtures and helpers to run the operator in-process against the session's real cluster.
+
+The operator runs as its own ServiceAccount with the ClusterRole from ``manifests/rbac.yaml``
+(a kubeconfig holding a TokenRequest token), so every integration test also proves that the
+RBAC grants what the operator uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import localcluster
+from modeldeploy import api, handlers
+from modeldeploy.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_IMAGE = "modeldeploy/modelserver:test"
+OPERATOR_NAMESPACE = "modeldeploy-system"
+OPERATOR_SA = "modeldeploy-operator"
+
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def apply_yaml(cluster: localcluster.Cluster, text: str, namespace: str | None = None) -> str:
+    args = ["apply", "--server-side", "--field-manager=tests", "-f", "-"]
+    if namespace:
+        args = ["-n", namespace, *args]
+    return cluster.kubectl(*args, input=text).stdout
+
+
+def _operator_kubeconfig(
+    cluster: localcluster.Cluster, api_client: client.ApiClient, path: Path
+) -> Path:
+    """Install manifests/rbac.yaml; write a kubeconfig that authenticates as the operator."""
+    namespace = yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    )
+    apply_yaml(cluster, namespace)
+    apply_yaml(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
+    token = (
+        client.CoreV1Api(api_client)
+        .create_namespaced_service_account_token(
+            OPERATOR_SA,
+            OPERATOR_NAMESPACE,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
+            ),
+        )
+        .status.token
+    )
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    cluster_entry = admin["clusters"][0]["cluster"]
+    ca = cluster_entry.get("certificate-authority-data")
+    if ca is None and cluster_entry.get("certificate-authority"):
+        ca = base64.b64encode(Path(cluster_entry["certificate-authority"]).read_bytes()).decode()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {"server": cluster_entry["server"], "certificate-authority-data": ca},
+            }
+        ],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return path
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: localcluster.Cluster, api_client: client.ApiClient) -> None:
+    """The generated CRD from crds/, applied and Established."""
+    apply_yaml(
+        cluster, (ROOT / "crds" / "serving.modeldeploy.io_modeldeployments.yaml").read_text()
+    )
+    ext = client.ApiextensionsV1Api(api_client)
+    name = f"{api.PLURAL}.{api.GROUP}"
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(name)
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
+
+    wait_for("CRD Established", established, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    cluster: localcluster.Cluster,
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    return _operator_kubeconfig(
+        cluster, api_client, tmp_path_factory.mktemp("operator") / "kubeconfig"
+    )
+
+
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path) -> Iterator[KopfRunner]:
+    """The operator in-process (kopf's KopfRunner), authenticated as its ServiceAccount."""
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    handlers.configure(Settings(server_image=SERVER_IMAGE, metrics_port=0, health_port=0))
+    try:
+        with KopfRunner(
+            ["run", "--standalone", "--all-namespaces", "-m", "modeldeploy.handlers"],
+            timeout=60,
+        ) as runner:
+            time.sleep(1.0)  # let the watches start
+            yield runner
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+    assert runner.exception is None, runner.output
+
+
+@pytest.fixture(scope="module")
+def operator(crd_installed: None, operator_kubeconfig: Path) -> Iterator[KopfRunner]:
+    """One operator per test module."""
+    with running_operator(operator_kubeconfig) as runner:
+        yield runner
+
+
+class Models:
+    """ModelDeployment access for one namespace, as a user would with kubectl."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str):
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, body
+        )
+        return result
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+        )
+        return result
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
+        )
+        return result
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+        )
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for condition in (self.get(name).get("status") or {}).get("conditions") or []:
+            if condition["type"] == type_:
+                return dict(condition)
+        return None
+
+    def wait_condition(
+        self,
+        name: str,
+        type_: str,
+        status: str = "True",
+        reason: str | None = None,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            body = self.get(name)
+            generation = body["metadata"]["generation"]
+            for condition in (body.get("status") or {}).get("conditions") or []:
+                if (
+                    condition["type"] == type_
+                    and condition["status"] == status
+                    and (reason is None or condition["reason"] == reason)
+                    and condition.get("observedGeneration") == generation
+                ):
+                    return body
+            return None
+
+        return wait_for(f"{name} {type_}={status} {reason or ''}", probe, timeout=timeout)
+
+    def deployment(self, name: str) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
