@@ -64,7 +64,8 @@ cluster-up: install ## Start the local control plane; kubeconfig at .cluster/kub
 	$(PY) -m localcluster up
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local control plane and remove its state.
+cluster-down: ## Stop the local control plane (and a demo operator) and remove its state.
+	@if [ -f .cluster/operator.pid ]; then kill $$(cat .cluster/operator.pid) 2>/dev/null || true; rm -f .cluster/operator.pid; fi
 	@if [ -x $(PY) ]; then $(PY) -m localcluster down; fi
 
 .PHONY: run
