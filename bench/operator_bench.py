@@ -1,0 +1,253 @@
+"""Operator benchmark on the local control plane (``python -m bench operator [--quick]``).
+
+Measured in one run, against a peer of the same work:
+
+- apply -> Ready time for 1 and for N ModelDeployments, against the same number of bare
+  Deployments with the identical pod template applied directly (ratio ours / bare);
+- API writes during the steady state after Ready: the operator's own write counter and the
+  number of ModelDeployments and children whose resourceVersion moved (target: 0 per minute);
+- the operator process's peak RSS.
+
+Results are printed and written to ``.bench/operator-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+import localcluster
+from modeldeploy import api, render
+from modeldeploy.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "modeldeploy/modelserver:bench"
+MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait(what: str, probe: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if probe():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _operator_writes(metrics_port: int) -> float:
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("modeldeploy_api_writes_total{")
+    )
+
+
+@contextmanager
+def _operator(kubeconfig: Path, log: Path, metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), MODELDEPLOY_SERVER_IMAGE=IMAGE)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "modeldeploy",
+                f"--metrics-port={metrics_port}",
+                "--health-port=0",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            time.sleep(2)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+class Run:
+    """One benchmark run against one cluster."""
+
+    def __init__(self, cluster: localcluster.Cluster):
+        self.cluster = cluster
+        self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def namespace(self, name: str) -> str:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        return name
+
+    def bare(self, count: int, namespace: str) -> float:
+        """Apply ``count`` plain Deployments of the operator's pod template; time to available."""
+        spec = api.parse_spec({"model": MODEL, "replicas": 1})
+        started = time.monotonic()
+        for i in range(count):
+            body = {"metadata": {"name": f"bare-{i}", "namespace": namespace, "uid": "x"}}
+            deployment = render.render_deployment(body, spec, Settings(server_image=IMAGE))
+            del deployment["metadata"]["ownerReferences"]
+            self.apps.create_namespaced_deployment(namespace, deployment)
+
+        def all_available() -> bool:
+            items = self.apps.list_namespaced_deployment(namespace).items
+            return len(items) == count and all(
+                (d.status.available_replicas or 0) == 1 for d in items
+            )
+
+        _wait("bare Deployments available", all_available, timeout=600)
+        return time.monotonic() - started
+
+    def models(self, count: int, namespace: str) -> float:
+        """Apply ``count`` ModelDeployments; time until every one is Ready."""
+        started = time.monotonic()
+        for i in range(count):
+            body = {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": {"name": f"md-{i}"},
+                "spec": {"model": MODEL, "replicas": 1},
+            }
+            self.custom.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, body
+            )
+
+        def all_ready() -> bool:
+            items = self.custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL
+            )["items"]
+            return len(items) == count and all(
+                any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in (item.get("status") or {}).get("conditions") or []
+                )
+                for item in items
+            )
+
+        _wait("ModelDeployments Ready", all_ready, timeout=900)
+        return time.monotonic() - started
+
+    def versions(self, namespace: str) -> dict[str, str]:
+        """resourceVersion of every ModelDeployment and child in ``namespace``."""
+        out: dict[str, str] = {}
+        for item in self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL
+        )["items"]:
+            out[f"mdep/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+        for kind, items in (
+            ("deploy", self.apps.list_namespaced_deployment(namespace).items),
+            ("svc", self.core.list_namespaced_service(namespace).items),
+        ):
+            for obj in items:
+                out[f"{kind}/{obj.metadata.name}"] = obj.metadata.resource_version
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench operator", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="50 resources and a 20 s steady window"
+    )
+    parser.add_argument(
+        "--count", type=int, default=None, help="resources in the large scenario (default 500)"
+    )
+    parser.add_argument("--steady-seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    count = args.count or (50 if args.quick else 500)
+    steady = args.steady_seconds or (20.0 if args.quick else 60.0)
+
+    out_dir = ROOT / ".bench"
+    out_dir.mkdir(exist_ok=True)
+    cluster = localcluster.Cluster(root=out_dir / "operator-cluster")
+    cluster.down()
+    cluster.up()
+    results: dict[str, Any] = {"count": count, "steady_seconds": steady}
+    try:
+        cluster.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            str(ROOT / "crds" / "serving.modeldeploy.io_modeldeployments.yaml"),
+        )
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/modeldeployments.serving.modeldeploy.io"
+        )
+        run = Run(cluster)
+        metrics_port = _free_port()
+        with _operator(cluster.kubeconfig, out_dir / "operator-bench.log", metrics_port) as proc:
+            for n in (1, count):
+                bare_ns = run.namespace(f"bare-{n}")
+                bare = run.bare(n, bare_ns)
+                # Free the fake nodes' pod slots before the operator's turn.
+                run.core.delete_namespace(bare_ns)
+                ours = run.models(n, run.namespace(f"md-{n}"))
+                results[f"ready_seconds_{n}"] = {
+                    "bare": round(bare, 2),
+                    "ours": round(ours, 2),
+                    "ratio": round(ours / bare, 2),
+                }
+                print(
+                    f"apply -> Ready, {n:>4} resources: bare Deployments {bare:7.2f}s, "
+                    f"ModelDeployments {ours:7.2f}s, ratio {ours / bare:.2f}"
+                )
+            time.sleep(5)  # let the last events settle
+            namespace = f"md-{count}"
+            before, writes_before = run.versions(namespace), _operator_writes(metrics_port)
+            time.sleep(steady)
+            after, writes_after = run.versions(namespace), _operator_writes(metrics_port)
+            moved = sum(1 for key, version in after.items() if before.get(key) != version)
+            per_minute = (writes_after - writes_before) * 60 / steady
+            results["steady_state"] = {
+                "operator_writes_per_minute": round(per_minute, 2),
+                "writes_per_resource_per_minute": round(per_minute / count, 4),
+                "objects_whose_resourceVersion_moved": moved,
+                "objects_watched": len(after),
+            }
+            print(
+                f"steady state over {steady:.0f}s: {per_minute:.2f} operator writes/min "
+                f"({per_minute / count:.4f} per resource), {moved}/{len(after)} objects changed"
+            )
+            results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+            print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
+    finally:
+        cluster.down()
+    path = out_dir / f"operator-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
