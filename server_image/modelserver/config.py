@@ -1,0 +1,359 @@
+"""Command-line and environment configuration of the server and of the fetcher.
+
+Every flag has an environment variable of the same meaning, because the operator renders a pod spec
+and either is convenient there. A flag given on the command line wins over the environment. The
+environment is read once, in `parse_serve` / `parse_fetch`, never later and never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+MODEL_FORMATS = ("joblib", "skops")
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class ConfigError(Exception):
+    """A flag or environment variable has an unusable value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What `python -m modelserver` (serve) runs with."""
+
+    model_uri: str
+    model_name: str = "model"
+    model_format: str = "joblib"
+    model_digest: str | None = None
+    model_version: str | None = None
+    trusted_types: tuple[str, ...] = ()
+    host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces.
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_batch_size: int = 256
+    max_batch_wait_ms: float = 2.0
+    max_queue_depth: int = 512
+    drain_delay_seconds: float = 2.0
+    graceful_timeout_seconds: float = 20.0
+    keepalive_timeout_seconds: float = 75.0
+    termination_log: str = DEFAULT_TERMINATION_LOG
+    access_log: bool = False
+    log_level: str = "INFO"
+    metrics_dir: str = "/tmp/modelserver-metrics"  # noqa: S108 - /tmp is the pod's only writable path.
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchConfig:
+    """What `python -m modelserver fetch` (the init container) runs with."""
+
+    model_uri: str
+    dest: str
+    model_digest: str | None = None
+    max_attempts: int = 5
+    backoff_seconds: float = 1.0
+    timeout_seconds: float = 60.0
+    termination_log: str = DEFAULT_TERMINATION_LOG
+    log_level: str = "INFO"
+    # S3-compatible endpoint (MinIO, Ceph...): AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or S3_ENDPOINT.
+    s3_endpoint: str | None = None
+    s3_verify_ssl: bool = True
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of exiting, so errors reach the termination log."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(f"must be in 1..65535, got {value}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def _env_boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return _boolean(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name}={raw!r}: {error}") from None
+
+
+def _model_format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in MODEL_FORMATS:
+        raise ValueError(f"must be one of {', '.join(MODEL_FORMATS)}, got {text!r}")
+    return lowered
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+class _Options:
+    """Declares flags whose default comes from an environment variable, converted like the flag."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        self._parser = parser
+        self._environ = environ
+
+    def add(
+        self,
+        flag: str,
+        env: str,
+        convert: Callable[[str], object],
+        default: object,
+        help_text: str,
+    ) -> None:
+        raw = self._environ.get(env)
+        value = default
+        if raw is not None and raw != "":
+            try:
+                value = convert(raw)
+            except ValueError as error:
+                raise ConfigError(f"{env}={raw!r}: {error}") from None
+        self._parser.add_argument(
+            flag, type=convert, default=value, help=f"{help_text} (env {env})", metavar=env
+        )
+
+
+def _common(options: _Options) -> None:
+    options.add("--model-uri", "MODEL_URI", str, None, "where the model is")
+    options.add("--model-digest", "MODEL_DIGEST", str, None, "expected sha256:<64 hex> of the file")
+    options.add(
+        "--termination-log",
+        "TERMINATION_LOG",
+        str,
+        DEFAULT_TERMINATION_LOG,
+        "file that receives a one-line reason when the process fails",
+    )
+    options.add("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+
+def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
+    """Parses the serve flags; an unusable value raises ConfigError."""
+    defaults = ServeConfig(model_uri="")
+    parser = _Parser(prog="python -m modelserver", description="Serve one scikit-learn model.")
+    options = _Options(parser, environ)
+    _common(options)
+    options.add("--model-name", "MODEL_NAME", str, defaults.model_name, "name in the URLs")
+    options.add("--model-format", "MODEL_FORMAT", _model_format, "joblib", "joblib or skops")
+    options.add("--model-version", "MODEL_VERSION", str, None, "version shown in metadata")
+    options.add(
+        "--trusted-types",
+        "MODEL_TRUSTED_TYPES",
+        _names,
+        (),
+        "comma-separated extra types a skops file may contain",
+    )
+    options.add("--host", "HOST", str, defaults.host, "address to listen on")
+    options.add("--port", "PORT", _port, defaults.port, "port to listen on")
+    options.add("--workers", "WORKERS", _positive_int, None, "server processes")
+    options.add(
+        "--max-body-bytes", "MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes, "413 above"
+    )
+    options.add(
+        "--max-batch-size",
+        "MAX_BATCH_SIZE",
+        _positive_int,
+        defaults.max_batch_size,
+        "most rows in one predict call",
+    )
+    options.add(
+        "--max-batch-wait-ms",
+        "MAX_BATCH_WAIT_MS",
+        _non_negative_float,
+        defaults.max_batch_wait_ms,
+        "longest wait for a batch to fill when requests arrive concurrently",
+    )
+    options.add(
+        "--max-queue-depth",
+        "MAX_QUEUE_DEPTH",
+        _positive_int,
+        defaults.max_queue_depth,
+        "requests waiting per worker before 503",
+    )
+    options.add(
+        "--drain-delay",
+        "DRAIN_DELAY_SECONDS",
+        _non_negative_float,
+        defaults.drain_delay_seconds,
+        "after SIGTERM, keep accepting this long while readiness is 503",
+    )
+    options.add(
+        "--graceful-timeout",
+        "GRACEFUL_TIMEOUT_SECONDS",
+        _non_negative_float,
+        defaults.graceful_timeout_seconds,
+        "after the drain delay, longest wait for in-flight requests",
+    )
+    options.add(
+        "--keepalive-timeout",
+        "KEEPALIVE_TIMEOUT_SECONDS",
+        _non_negative_float,
+        defaults.keepalive_timeout_seconds,
+        "idle connections are closed after this long",
+    )
+    options.add("--access-log", "ACCESS_LOG", _boolean, False, "log every request")
+    options.add(
+        "--metrics-dir",
+        "METRICS_DIR",
+        str,
+        defaults.metrics_dir,
+        "scratch directory for the metrics of all worker processes",
+    )
+    args = parser.parse_args(list(argv))
+    if not args.model_uri:
+        raise ConfigError("no model: set --model-uri or MODEL_URI")
+    workers = args.workers if args.workers is not None else default_workers()
+    return ServeConfig(
+        model_uri=args.model_uri,
+        model_name=args.model_name,
+        model_format=args.model_format,
+        model_digest=args.model_digest or None,
+        model_version=args.model_version or None,
+        trusted_types=args.trusted_types,
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue_depth=args.max_queue_depth,
+        drain_delay_seconds=args.drain_delay,
+        graceful_timeout_seconds=args.graceful_timeout,
+        keepalive_timeout_seconds=args.keepalive_timeout,
+        termination_log=args.termination_log,
+        access_log=args.access_log,
+        log_level=args.log_level,
+        metrics_dir=args.metrics_dir,
+    )
+
+
+def parse_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> FetchConfig:
+    """Parses the fetch flags (the operator renders these); an unusable value raises ConfigError."""
+    defaults = FetchConfig(model_uri="", dest="")
+    parser = _Parser(
+        prog="python -m modelserver fetch",
+        description="Download a model to a local file (the init container).",
+    )
+    options = _Options(parser, environ)
+    _common(options)
+    options.add("--dest", "MODEL_DEST", str, None, "file to write the model to")
+    options.add(
+        "--max-attempts",
+        "FETCH_MAX_ATTEMPTS",
+        _positive_int,
+        defaults.max_attempts,
+        "tries on transient errors",
+    )
+    options.add(
+        "--backoff",
+        "FETCH_BACKOFF_SECONDS",
+        _non_negative_float,
+        defaults.backoff_seconds,
+        "first wait between tries; doubles each time",
+    )
+    options.add(
+        "--timeout",
+        "FETCH_TIMEOUT_SECONDS",
+        _non_negative_float,
+        defaults.timeout_seconds,
+        "network timeout of one try",
+    )
+    args = parser.parse_args(list(argv))
+    if not args.model_uri:
+        raise ConfigError("no model: set --model-uri or MODEL_URI")
+    if not args.dest:
+        raise ConfigError("no destination: set --dest or MODEL_DEST")
+    return FetchConfig(
+        model_uri=args.model_uri,
+        dest=args.dest,
+        model_digest=args.model_digest or None,
+        max_attempts=args.max_attempts,
+        backoff_seconds=args.backoff,
+        timeout_seconds=args.timeout,
+        termination_log=args.termination_log,
+        log_level=args.log_level,
+        s3_endpoint=_s3_endpoint(environ),
+        s3_verify_ssl=_env_boolean(environ, "S3_VERIFY_SSL", default=True),
+    )
+
+
+def _s3_endpoint(environ: Mapping[str, str]) -> str | None:
+    """The S3 endpoint from the AWS variables, or KServe's S3_ENDPOINT (host:port, S3_USE_HTTPS)."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if environ.get(name):
+            return environ[name]
+    endpoint = environ.get("S3_ENDPOINT")
+    if not endpoint:
+        return None
+    if "://" in endpoint:
+        return endpoint
+    secure = _env_boolean(environ, "S3_USE_HTTPS", default=True)
+    return f"{'https' if secure else 'http'}://{endpoint}"
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The container's CPU limit in cores (cgroup v2 `cpu.max`, else v1 CFS quota), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            quota_us = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota_us > 0 and period_us > 0:
+            return quota_us / period_us
+        return None
+    return None
+
+
+def default_workers(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """One process per core the container may use: the CPU limit rounded up, at most the CPUs."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
