@@ -1,0 +1,162 @@
+"""Adaptive batching: requests that arrive together share one predict call.
+
+scikit-learn spends hundreds of microseconds validating its input on every call, whatever the number
+of rows, so one call on 32 rows costs about as much as one call on a single row. The batcher runs on
+the worker's event loop and calls the model on that thread: while a call runs, new requests queue up
+in the socket buffers, and the next flush takes all of them at once.
+
+When to flush: a lone request (the last flush held one request) is run at the next loop turn, so
+concurrency 1 pays no wait. Under concurrency, the batcher waits until as many requests as in the
+last flush have arrived, or at most `max_wait` seconds after the first one, whichever is first. A
+flush never holds more than `max_batch_size` rows (a larger single request runs alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from modelserver.errors import BadRequestError, InternalError, RequestError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    """One request's rows and where its part of the result goes."""
+
+    x: np.ndarray
+    method: str
+
+    def done(self, result: np.ndarray) -> None:
+        """Receives this job's rows of the output."""
+
+    def fail(self, error: RequestError) -> None:
+        """Receives the reason this job has no result."""
+
+
+# Runs `method` on a 2-D array and returns one output row per input row.
+Runner = Callable[[str, np.ndarray], np.ndarray]
+
+
+class Batcher:
+    """Queues jobs and flushes them in batches on the event loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runner: Runner,
+        *,
+        max_batch_size: int,
+        max_wait_seconds: float,
+        max_queue_depth: int,
+        observe_batch: Callable[[int, float], None] = lambda rows, seconds: None,
+        observe_queue: Callable[[int], None] = lambda depth: None,
+    ) -> None:
+        self._loop = loop
+        self._runner = runner
+        self._max_batch_size = max_batch_size
+        self._max_wait = max_wait_seconds
+        self._max_queue_depth = max_queue_depth
+        self._observe_batch = observe_batch
+        self._observe_queue = observe_queue
+        self._queue: list[Job] = []
+        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._waiting = False  # the scheduled flush is the bounded wait, not the next loop turn
+        self._target = 1  # requests in the last flush: how many to expect under steady load
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a predict call."""
+        return len(self._queue)
+
+    def submit(self, job: Job) -> None:
+        """Queues a job; UnavailableError when the queue is full (the client should retry)."""
+        queue = self._queue
+        if len(queue) >= self._max_queue_depth:
+            raise UnavailableError(
+                f"server overloaded: {len(queue)} requests already waiting; retry later"
+            )
+        queue.append(job)
+        if self._handle is None:
+            if self._max_wait > 0 and len(queue) < self._target:
+                self._waiting = True
+                self._handle = self._loop.call_later(self._max_wait, self.flush)
+            else:
+                self._handle = self._loop.call_soon(self.flush)
+        elif self._waiting and len(queue) >= self._target:
+            self._handle.cancel()
+            self._waiting = False
+            self._handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Runs every queued job, in batches of at most `max_batch_size` rows."""
+        self._handle = None
+        self._waiting = False
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        self._observe_queue(len(queue))
+        self._target = min(len(queue), self._max_queue_depth)
+        start = 0
+        while start < len(queue):
+            method = queue[start].method
+            stop = start + 1
+            rows = len(queue[start].x)
+            while stop < len(queue):
+                job = queue[stop]
+                if job.method != method or rows + len(job.x) > self._max_batch_size:
+                    break
+                rows += len(job.x)
+                stop += 1
+            self._run(method, queue[start:stop], rows)
+            start = stop
+        self._observe_queue(len(self._queue))
+
+    def _run(self, method: str, jobs: list[Job], rows: int) -> None:
+        started = time.perf_counter()
+        if len(jobs) == 1:
+            job = jobs[0]
+            try:
+                result = self._runner(method, job.x)
+            except Exception as error:
+                job.fail(_input_error(error))
+                return
+            self._observe_batch(rows, time.perf_counter() - started)
+            _deliver(job, result)
+            return
+        try:
+            result = self._runner(method, np.concatenate([job.x for job in jobs]))
+        except Exception:
+            # One bad request must not fail its neighbours: run each alone to find it.
+            for job in jobs:
+                self._run(method, [job], len(job.x))
+            return
+        self._observe_batch(rows, time.perf_counter() - started)
+        offset = 0
+        for job in jobs:
+            end = offset + len(job.x)
+            _deliver(job, result[offset:end])
+            offset = end
+
+
+def _deliver(job: Job, result: np.ndarray) -> None:
+    try:
+        job.done(result)
+    except Exception:
+        log.exception("delivering a prediction failed")
+
+
+def _input_error(error: Exception) -> RequestError:
+    """The model's complaint about the input (a ValueError from validation) is the client's 400."""
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, ValueError | TypeError):
+        return BadRequestError(f"the model rejected the input: {error}")
+    log.error("predict failed: %s: %s", type(error).__name__, error)
+    return InternalError(f"prediction failed: {type(error).__name__}: {error}")

@@ -1,0 +1,273 @@
+"""The data plane: what each endpoint does, independent of HTTP.
+
+The HTTP layer parses requests and calls one method here per route; every method answers through a
+`Respond` callback with a `Reply` (status, body, content type, extra headers), at once for errors
+and metadata, or after the batcher ran the model for inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from modelserver import __version__, batching, codec, runtime, v1, v2
+from modelserver.errors import NotFoundError, RequestError, UnavailableError
+from modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelserver.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+
+
+class Reply(NamedTuple):
+    """An answer for the HTTP layer; `headers` are extra raw header lines, each ending in CRLF."""
+
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: bytes = b""
+
+
+Respond = Callable[[Reply], None]
+
+
+def error_reply(error: RequestError) -> Reply:
+    """The JSON error `{"error": "..."}` with the error's status (and Retry-After on 503)."""
+    headers = b"" if error.retry_after is None else b"retry-after: %d\r\n" % error.retry_after
+    return Reply(error.status, codec.dumps({"error": error.message}), JSON, headers)
+
+
+class _Call:
+    """One inference request waiting in the batcher; implements batching.Job."""
+
+    __slots__ = ("method", "plane", "respond", "started", "x")
+    protocol = "v1"
+
+    def __init__(
+        self, plane: DataPlane, x: np.ndarray, method: str, respond: Respond, started: float
+    ) -> None:
+        self.plane = plane
+        self.x = x
+        self.method = method
+        self.respond = respond
+        self.started = started
+
+    def done(self, result: np.ndarray) -> None:
+        self.plane.finish(self.protocol, self.started, Reply(200, v1.encode(result)), self.respond)
+
+    def fail(self, error: RequestError) -> None:
+        self.plane.finish(self.protocol, self.started, error_reply(error), self.respond)
+
+
+class _V2Call(_Call):
+    __slots__ = ("request",)
+    protocol = "v2"
+
+    def __init__(
+        self, plane: DataPlane, request: v2.Request, respond: Respond, started: float
+    ) -> None:
+        super().__init__(plane, request.x, request.method, respond, started)
+        self.request = request
+
+    def done(self, result: np.ndarray) -> None:
+        plane = self.plane
+        body, header_length = v2.encode(result, self.request, plane.model_name, plane.model_version)
+        if header_length is None:
+            reply = Reply(200, body)
+        else:
+            reply = Reply(
+                200,
+                body,
+                OCTET_STREAM,
+                b"inference-header-content-length: %d\r\n" % header_length,
+            )
+        plane.finish(self.protocol, self.started, reply, self.respond)
+
+
+class DataPlane:
+    """Serves one model: health, metadata, V1 predict and V2 infer."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics,
+        *,
+        model_name: str,
+        model_version: str | None,
+        max_batch_size: int,
+        max_batch_wait_seconds: float,
+        max_queue_depth: int,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self._loop = loop
+        self._metrics = metrics
+        self._is_ready = is_ready
+        self._batch_settings = (max_batch_size, max_batch_wait_seconds, max_queue_depth)
+        self._runtime: runtime.SklearnRuntime | None = None
+        self._batcher: batching.Batcher | None = None
+        self._n_features: int | None = None
+        self._v2_metadata = b""
+        self._v1_ready = codec.dumps({"name": model_name, "ready": False})
+        self._server_metadata = codec.dumps(
+            {"name": "modelserver", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether this worker's model is loaded (readiness also waits for the other workers)."""
+        return self._runtime is not None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting in this worker's batcher."""
+        return 0 if self._batcher is None else self._batcher.depth
+
+    def set_runtime(self, model: runtime.SklearnRuntime) -> None:
+        """Starts serving a loaded model."""
+        max_batch_size, max_wait, max_queue_depth = self._batch_settings
+        self._batcher = batching.Batcher(
+            self._loop,
+            model.run,
+            max_batch_size=max_batch_size,
+            max_wait_seconds=max_wait,
+            max_queue_depth=max_queue_depth,
+            observe_batch=self._metrics.observe_batch,
+            observe_queue=self._metrics.observe_queue,
+        )
+        self._n_features = model.info.n_features
+        self._v2_metadata = codec.dumps(_v2_metadata(self.model_name, self.model_version, model))
+        self._v1_ready = codec.dumps({"name": self.model_name, "ready": True})
+        self._metrics.observe_load(model.info.load_seconds)
+        self._runtime = model
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    def live(self) -> Reply:
+        """200 while the process runs."""
+        return Reply(200, b'{"live":true}')
+
+    def ready(self) -> Reply:
+        """200 once every worker has loaded the model and none is shutting down."""
+        if self._is_ready():
+            return Reply(200, b'{"ready":true}')
+        return Reply(503, b'{"ready":false}')
+
+    def model_ready(self, name: str) -> Reply:
+        """Readiness of the named model (404 for another name)."""
+        self._check_name(name)
+        if self._is_ready():
+            return Reply(200, codec.dumps({"name": name, "ready": True}))
+        return Reply(503, codec.dumps({"name": name, "ready": False}))
+
+    def server_metadata(self) -> Reply:
+        """OIP server metadata."""
+        return Reply(200, self._server_metadata)
+
+    def model_metadata(self, name: str) -> Reply:
+        """OIP model metadata: inputs, outputs and what was loaded."""
+        self._check_name(name)
+        if self._runtime is None:
+            raise UnavailableError(f"model {name!r} is not loaded yet")
+        return Reply(200, self._v2_metadata)
+
+    def model_status_v1(self, name: str) -> Reply:
+        """KServe V1 model status `{"name": ..., "ready": ...}`."""
+        self._check_name(name)
+        return Reply(200, self._v1_ready)
+
+    def metrics(self) -> Reply:
+        """Prometheus text of all workers."""
+        return Reply(200, self._metrics.render(), METRICS_CONTENT_TYPE.encode())
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def predict_v1(self, name: str, body: bytes, respond: Respond) -> None:
+        """KServe V1 `:predict`."""
+        started = time.perf_counter()
+        try:
+            self._check_name(name)
+            batcher = self._serving_batcher(name)
+            x, method = v1.decode(body, self._n_features)
+            self._check_method(method)
+            batcher.submit(_Call(self, x, method, respond, started))
+        except RequestError as error:
+            self.finish("v1", started, error_reply(error), respond)
+
+    def infer_v2(self, name: str, body: bytes, header_length: int | None, respond: Respond) -> None:
+        """OIP V2 `/infer`."""
+        started = time.perf_counter()
+        try:
+            self._check_name(name)
+            batcher = self._serving_batcher(name)
+            request = v2.decode(body, header_length, self._n_features)
+            self._check_method(request.method)
+            batcher.submit(_V2Call(self, request, respond, started))
+        except RequestError as error:
+            self.finish("v2", started, error_reply(error), respond)
+
+    def finish(self, protocol: str, started: float, reply: Reply, respond: Respond) -> None:
+        """Counts an inference answer and hands it to the HTTP layer."""
+        self._metrics.observe_request(protocol, reply.status, time.perf_counter() - started)
+        respond(reply)
+
+    def _check_name(self, name: str) -> None:
+        if name != self.model_name:
+            raise NotFoundError(f"model {name!r} not found; this server serves {self.model_name!r}")
+
+    def _serving_batcher(self, name: str) -> batching.Batcher:
+        if self._batcher is None:
+            raise UnavailableError(f"model {name!r} is not loaded yet")
+        return self._batcher
+
+    def _check_method(self, method: str) -> None:
+        model = self._runtime
+        if model is not None and not model.supports(method):
+            raise RequestError(
+                f"{method} is not available: {model.info.model_class} only has "
+                f"{' and '.join(model.info.methods)}"
+            )
+
+
+def _v2_metadata(
+    name: str, version: str | None, model: runtime.SklearnRuntime
+) -> dict[str, object]:
+    info = model.info
+    features = -1 if info.n_features is None else info.n_features
+    outputs = []
+    for method in info.methods:
+        dtype = info.output_dtypes.get(method)
+        shape = [-1, *info.output_shapes.get(method, ())]
+        if method == runtime.PREDICT_PROBA and info.classes is not None:
+            shape = [-1, len(info.classes)]
+        outputs.append(
+            {
+                "name": method,
+                "datatype": "FP64" if dtype is None else v2.datatype_of(np.dtype(dtype)),
+                "shape": shape,
+            }
+        )
+    return {
+        "name": name,
+        "versions": [] if version is None else [version],
+        "platform": "scikit-learn",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, features]}],
+        "outputs": outputs,
+        "parameters": {
+            "model_class": info.model_class,
+            "n_features_in": info.n_features,
+            "classes": info.classes,
+            "format": info.format,
+            "sha256": "sha256:" + info.sha256,
+            "load_seconds": round(info.load_seconds, 6),
+            "versions": info.versions,
+        },
+    }
