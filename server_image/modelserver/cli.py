@@ -1,0 +1,41 @@
+"""Command line: `python -m modelserver [serve]` serves, `python -m modelserver fetch` downloads.
+
+Configuration errors end the process with exit code 2 and a one-line reason in the termination log,
+like load and fetch failures, so that a typo in the pod spec is visible in `kubectl describe pod`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from modelserver import config, logs, supervisor, termination
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    """Runs the subcommand named by `argv[0]` (serve when absent); returns the exit code."""
+    env = os.environ if environ is None else environ
+    args = list(argv)
+    command = "serve"
+    if args and args[0] in ("serve", "fetch"):
+        command = args.pop(0)
+    try:
+        if command == "fetch":
+            fetch_config = config.parse_fetch(args, env)
+        else:
+            serve_config = config.parse_serve(args, env)
+    except config.ConfigError as error:
+        reason = f"invalid configuration: {error}"
+        print(reason, file=sys.stderr)
+        termination.write_reason(
+            reason, env.get("TERMINATION_LOG") or config.DEFAULT_TERMINATION_LOG
+        )
+        return 2
+    if command == "fetch":
+        logs.configure(fetch_config.log_level)
+        from modelserver import fetch  # noqa: PLC0415 - boto3 is imported only by the fetcher.
+
+        return fetch.run(fetch_config)
+    logs.configure(serve_config.log_level)
+    return supervisor.serve(serve_config)

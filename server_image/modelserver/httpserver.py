@@ -1,0 +1,490 @@
+"""HTTP/1.1 on an asyncio Protocol with the httptools parser: only translates HTTP.
+
+A general web framework costs more per request than the model call it wraps once requests are
+batched, so this layer is kept to what the server needs: keep-alive, pipelining in order, body and
+header limits, `Expect: 100-continue`, X-Request-ID, idle timeouts and draining. Routing to the data
+plane is a few byte-string comparisons (`Router`); everything about models lives in the data plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import os
+import time
+import typing
+import urllib.parse
+
+import httptools
+
+from modelserver.dataplane import DataPlane, Reply, Respond, error_reply
+from modelserver.errors import (
+    BadRequestError,
+    HeadersTooLargeError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+)
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("modelserver.access")
+
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service UnavailableError",
+}
+_STATUS_LINES = {
+    code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_REQUEST_ID = 200
+_PIPELINE_LIMIT = 16  # responses owed on one connection before it stops reading
+_MAX_DISCARD_BYTES = 64 * 1024 * 1024  # a refused body larger than this is cut off
+_REQUEST_TIMEOUT = 30.0  # a request whose headers and body take longer is dropped (slow clients)
+
+
+class Router:
+    """Maps method and path to the data plane; the only place that knows the URLs."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._static = {
+            b"/v2/health/live": plane.live,
+            b"/v2/health/ready": plane.ready,
+            b"/v2": plane.server_metadata,
+            b"/metrics": plane.metrics,
+        }
+
+    def dispatch(
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        header_length: int | None,
+        respond: Respond,
+    ) -> None:
+        """Calls the data plane for one request; it answers through `respond`."""
+        plane = self._plane
+        try:
+            if b"%" in path:
+                path = urllib.parse.unquote_to_bytes(path)
+            if method == b"POST":
+                if path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
+                    name = self._v2_model(path[11:-6])
+                    plane.infer_v2(name, body, header_length, respond)
+                    return
+                if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
+                    plane.predict_v1(_text(path[11:-8]), body, respond)
+                    return
+                respond(self._get(path, method))
+                return
+            respond(self._get(path, method))
+        except RequestError as error:
+            respond(error_reply(error))
+
+    def _get(self, path: bytes, method: bytes) -> Reply:
+        plane = self._plane
+        handler = self._static.get(path)
+        if handler is not None:
+            _only(method, b"GET")
+            return handler()
+        if path.startswith(b"/v2/models/"):
+            rest = path[11:]
+            if rest.endswith(b"/ready"):
+                _only(method, b"GET")
+                return plane.model_ready(self._v2_model(rest[:-6]))
+            if rest.endswith(b"/infer"):
+                _only(method, b"POST")
+            _only(method, b"GET")
+            return plane.model_metadata(self._v2_model(rest))
+        if path.startswith(b"/v1/models/"):
+            rest = path[11:]
+            if rest.endswith(b":predict"):
+                _only(method, b"POST")
+            _only(method, b"GET")
+            return plane.model_status_v1(_text(rest))
+        raise NotFoundError(f"no such endpoint: {_text(path)}")
+
+    def _v2_model(self, name_part: bytes) -> str:
+        """The model name of `NAME` or `NAME/versions/VERSION`; an unknown version is 404."""
+        name, marker, version = name_part.partition(b"/versions/")
+        if marker and _text(version) != self._plane.model_version:
+            raise NotFoundError(f"model {_text(name)!r} has no version {_text(version)!r}")
+        if b"/" in name:
+            raise NotFoundError(f"no such endpoint: /v2/models/{_text(name_part)}")
+        return _text(name)
+
+
+def _only(method: bytes, allowed: bytes) -> None:
+    if method != allowed:
+        raise MethodNotAllowedError(
+            f"method {_text(method)} not allowed here; use {_text(allowed)}"
+        )
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class HttpServer:
+    """Shared settings and the open connections of one worker (for idle timeouts and draining)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        router: Router,
+        *,
+        max_body_bytes: int,
+        keepalive_timeout: float,
+        log_requests: bool,
+    ) -> None:
+        self.loop = loop
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+        self.keepalive_timeout = keepalive_timeout
+        self.log_requests = log_requests
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.date = b""
+        self._id_prefix = os.urandom(4).hex().encode()
+        self._id_counter = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def new_connection(self) -> Connection:
+        """Protocol factory for `loop.create_server`."""
+        return Connection(self)
+
+    def next_request_id(self) -> bytes:
+        """An id for a request that came without X-Request-ID: unique per worker, cheap to make."""
+        self._id_counter += 1
+        return b"%s-%x" % (self._id_prefix, self._id_counter)
+
+    def _tick(self) -> None:
+        """Once a second: refresh the Date header and close connections idle for too long."""
+        self.date = email.utils.formatdate(usegmt=True).encode()
+        now = time.monotonic()
+        for connection in list(self.connections):
+            connection.close_if_stale(now)
+        self._timer = self.loop.call_later(1.0, self._tick)
+
+    def shutdown(self) -> None:
+        """Stops keep-alive: idle connections close now, busy ones after their responses."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Waits until every connection closed; True if they did within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._timer is not None:
+            self._timer.cancel()
+        left = bool(self.connections)
+        for connection in list(self.connections):
+            connection.abort()
+        return not left
+
+
+class _Exchange:
+    """One request on a connection and, once ready, its encoded response."""
+
+    __slots__ = ("connection", "data", "keep_alive", "method", "path", "request_id", "started")
+
+    def __init__(
+        self,
+        connection: Connection,
+        request_id: bytes,
+        keep_alive: bool,
+        method: bytes,
+        path: bytes,
+    ) -> None:
+        self.connection = connection
+        self.request_id = request_id
+        self.keep_alive = keep_alive
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter()
+        self.data: bytes | None = None
+
+    def respond(self, reply: Reply) -> None:
+        connection = self.connection
+        server = connection.server
+        if server.draining:
+            self.keep_alive = False
+        self.data = (
+            b"%sdate: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+            b"%s%s\r\n%s"
+            % (
+                _STATUS_LINES[reply.status],
+                server.date,
+                reply.content_type,
+                len(reply.body),
+                self.request_id,
+                reply.headers,
+                b"" if self.keep_alive else b"connection: close\r\n",
+                reply.body,
+            )
+        )
+        if server.log_requests or reply.status >= 500:
+            self._log(reply.status)
+        connection.flush()
+
+    def _log(self, status: int) -> None:
+        access_log.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "%s %s %d",
+            _text(self.method),
+            _text(self.path),
+            status,
+            extra={
+                "request_id": _text(self.request_id),
+                "status": status,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            },
+        )
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests, dispatches them, writes responses in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self._router = server.router
+        self._max_body = server.max_body_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._exchanges: collections.deque[_Exchange] = collections.deque()
+        self._url = b""
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._request_id: bytes | None = None
+        self._inference_header: bytes | None = None
+        self._expect_continue = False
+        self._rejected: RequestError | None = None
+        self._discarding = False
+        self._in_message = False
+        self._last_active = time.monotonic()
+        self._message_started = 0.0
+        self._paused = False
+        self._write_paused = False
+        self._closing = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # create_server gives stream transports (uvloop's do not subclass asyncio.Transport).
+        self._transport = typing.cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._exchanges.clear()
+        self._closing = True
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Requests asking to switch protocols (h2c, websocket) were answered as HTTP/1.1.
+            self._closing = True
+        except httptools.HttpParserError as error:
+            self._reject_and_close(BadRequestError(f"malformed HTTP request: {error}"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._message_started = self._last_active
+        self._url = b""
+        self._body = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._request_id = None
+        self._inference_header = None
+        self._expect_continue = False
+        self._rejected = None
+        self._discarding = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name)
+        self._header_bytes += size + len(value)
+        if size == 12 and name.lower() == b"x-request-id":
+            self._request_id = value
+        elif size == 14 and name.lower() == b"content-length":
+            if value.isdigit() and int(value) > self._max_body:
+                self._rejected = PayloadTooLargeError(
+                    f"request body of {int(value)} bytes exceeds the limit of {self._max_body}"
+                )
+        elif size == 31 and name.lower() == b"inference-header-content-length":
+            self._inference_header = value
+        elif size == 6 and name.lower() == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        if self._header_bytes > _MAX_HEADER_BYTES:
+            self._rejected = HeadersTooLargeError(
+                f"request line and headers exceed {_MAX_HEADER_BYTES} bytes"
+            )
+        if self._rejected is not None:
+            # Answer now and drop the body; the connection closes after the answer.
+            self._discarding = True
+            self._queue_reply(error_reply(self._rejected), keep_alive=False)
+        elif self._expect_continue and self._transport is not None:
+            self._transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._discarding:
+            if self._body_size > _MAX_DISCARD_BYTES and self._transport is not None:
+                self._transport.close()
+            return
+        if self._body_size > self._max_body:
+            self._discarding = True
+            self._body = []
+            self._queue_reply(
+                error_reply(
+                    PayloadTooLargeError(
+                        f"request body exceeds the limit of {self._max_body} bytes"
+                    )
+                ),
+                keep_alive=False,
+            )
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        if self._discarding:
+            if self._transport is not None and not self._exchanges:
+                self._transport.close()
+            return
+        parser = self._parser
+        url = self._url
+        query = url.find(b"?")
+        path = url if query < 0 else url[:query]
+        exchange = _Exchange(
+            self,
+            self._checked_request_id(),
+            parser.should_keep_alive() and not self._closing,
+            parser.get_method(),
+            path,
+        )
+        self._exchanges.append(exchange)
+        if len(self._exchanges) >= _PIPELINE_LIMIT:
+            self._update_reading()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        header_length = None
+        if self._inference_header is not None:
+            if not self._inference_header.isdigit():
+                exchange.respond(
+                    error_reply(BadRequestError("Inference-Header-Content-Length must be a number"))
+                )
+                return
+            header_length = int(self._inference_header)
+        self._router.dispatch(exchange.method, path, body, header_length, exchange.respond)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Writes every finished response that is next in line (pipelined requests stay ordered)."""
+        exchanges = self._exchanges
+        transport = self._transport
+        if transport is None:
+            return
+        while exchanges and exchanges[0].data is not None:
+            exchange = exchanges.popleft()
+            if transport.is_closing():
+                exchanges.clear()
+                return
+            transport.write(exchange.data)  # type: ignore[arg-type]
+            if not exchange.keep_alive:
+                self._closing = True
+                exchanges.clear()
+                if self._discarding and self._in_message:
+                    # A refused body is still arriving: closing now could reset the connection
+                    # before the client reads the answer, so read and drop the rest first.
+                    return
+                transport.close()
+                return
+        if self._paused and len(exchanges) < _PIPELINE_LIMIT:
+            self._update_reading()
+        if self.server.draining and not exchanges and not self._in_message:
+            transport.close()
+
+    def _queue_reply(self, reply: Reply, *, keep_alive: bool) -> None:
+        request_id = self._checked_request_id()
+        exchange = _Exchange(self, request_id, keep_alive, b"-", self._url)
+        self._exchanges.append(exchange)
+        exchange.respond(reply)
+
+    def _reject_and_close(self, error: RequestError) -> None:
+        self._in_message = False
+        self._queue_reply(error_reply(error), keep_alive=False)
+
+    def _checked_request_id(self) -> bytes:
+        """The client's X-Request-ID if it is short printable ASCII, else a new one."""
+        given = self._request_id
+        if given and len(given) <= _MAX_REQUEST_ID and all(32 < c < 127 for c in given):
+            return given
+        return self.server.next_request_id()
+
+    def _update_reading(self) -> None:
+        """Stops reading while the client does not read or has too many pipelined requests."""
+        paused = self._write_paused or len(self._exchanges) >= _PIPELINE_LIMIT
+        if paused == self._paused or self._transport is None or self._transport.is_closing():
+            return
+        self._paused = paused
+        if paused:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close_when_idle(self) -> None:
+        """Closes now if no request is in progress, else after the last owed response."""
+        self._closing = True
+        if self._transport is not None and not self._exchanges and not self._in_message:
+            self._transport.close()
+
+    def close_if_stale(self, now: float) -> None:
+        """Closes a connection idle past the keep-alive timeout or stuck in a slow request."""
+        if self._transport is None or self._exchanges:
+            return
+        if self._in_message:
+            if now - self._message_started > _REQUEST_TIMEOUT:
+                self._transport.close()
+        elif now - self._last_active > self.server.keepalive_timeout:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drops the connection at once (grace period over)."""
+        if self._transport is not None:
+            self._transport.abort()

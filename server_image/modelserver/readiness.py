@@ -1,0 +1,42 @@
+"""Readiness shared by all worker processes of one server.
+
+A probe reaches one worker at random, so each worker answers for the whole server: ready only when
+every worker has loaded the model and the server is not shutting down. The flags live in anonymous
+shared memory created before the workers are forked, one byte per worker plus one for draining.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+
+class Readiness:
+    """Per-worker "model loaded" flags and the server-wide "draining" flag."""
+
+    def __init__(self, workers: int) -> None:
+        self._flags = mmap.mmap(-1, workers + 1)
+        self._all_loaded = b"\x01" * workers
+        self._workers = workers
+
+    @property
+    def ready(self) -> bool:
+        """Every worker loaded and no shutdown begun."""
+        flags = self._flags
+        return flags[0] == 0 and flags[1 : self._workers + 1] == self._all_loaded
+
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun."""
+        return self._flags[0] == 1
+
+    def mark_loaded(self, worker: int) -> None:
+        """Worker `worker` serves the model."""
+        self._flags[worker + 1] = 1
+
+    def mark_unloaded(self, worker: int) -> None:
+        """Worker `worker` is (re)starting."""
+        self._flags[worker + 1] = 0
+
+    def start_draining(self) -> None:
+        """Readiness turns 503 on every worker at once."""
+        self._flags[0] = 1

@@ -1,0 +1,177 @@
+"""The serving parent: prepares shared state, forks workers, restarts crashed ones, relays SIGTERM.
+
+The parent never imports numpy or scikit-learn: forking a process that has started BLAS threads is
+unsafe, and the workers import them after the fork. With one worker there is no parent at all; the
+worker runs in the main process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from modelserver import termination
+from modelserver.config import ServeConfig
+from modelserver.readiness import Readiness
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_MAX_RESTARTS = 5  # within _RESTART_WINDOW seconds; more means the worker cannot run at all
+_RESTART_WINDOW = 60.0
+# Worker exit codes that mean "this can never work": stop instead of restarting.
+_FATAL_EXIT_CODES = {3: "the model could not be loaded", 4: "the port could not be bound"}
+
+
+def serve(config: ServeConfig) -> int:
+    """Runs the server until SIGTERM; returns the process exit code."""
+    metrics_dir = Path(config.metrics_dir) / str(os.getpid())
+    _prepare_metrics_dir(metrics_dir)
+    # prometheus_client picks multiprocess mode at import, which happens after this, in the workers.
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    log.info(
+        "starting",
+        extra={"model": config.model_name, "port": config.port, "workers": config.workers},
+    )
+    try:
+        if config.workers == 1:
+            from modelserver import worker  # noqa: PLC0415 - imports numpy; see module docstring.
+
+            return worker.run(config, 0, Readiness(1))
+        return _Supervisor(config, metrics_dir).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why the port cannot be used, if it cannot. The workers share the port with SO_REUSEPORT,
+    which would also let them join another server already on it; this check, made without
+    SO_REUSEPORT, fails instead."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return None
+
+
+def _prepare_metrics_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, mode=0o700)
+
+
+class _Supervisor:
+    """Forks `config.workers` workers and keeps them running until told to stop."""
+
+    def __init__(self, config: ServeConfig, metrics_dir: Path) -> None:
+        self._config = config
+        self._metrics_dir = metrics_dir
+        self._readiness = Readiness(config.workers)
+        self._children: dict[int, int] = {}  # pid -> worker index
+        self._restarts: list[float] = []
+        self._stopping = False
+        self._exit_code = 0
+
+    def run(self) -> int:
+        reason = _port_in_use(self._config.host, self._config.port)
+        if reason is not None:
+            log.error(reason)
+            termination.write_reason(reason, self._config.termination_log)
+            return 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        for index in range(self._config.workers):
+            self._spawn(index)
+        deadline = float("inf")
+        while self._children:
+            received = signal.sigtimedwait(_HANDLED, 0.5)
+            if received is not None and received.si_signo in (signal.SIGTERM, signal.SIGINT):
+                if not self._stopping:
+                    deadline = time.monotonic() + self._grace()
+                self._stop(received.si_signo)
+            self._reap()
+            if self._stopping and time.monotonic() > deadline:
+                log.error("workers did not stop within the grace period; killing them")
+                self._signal_all(signal.SIGKILL)
+                deadline = float("inf")
+        log.info("stopped", extra={"exit_code": self._exit_code})
+        return self._exit_code
+
+    def _grace(self) -> float:
+        return self._config.drain_delay_seconds + self._config.graceful_timeout_seconds + 5.0
+
+    def _spawn(self, index: int) -> None:
+        self._readiness.mark_unloaded(index)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+                from modelserver import worker  # noqa: PLC0415 - after the fork, see docstring.
+
+                code = worker.run(self._config, index, self._readiness)
+            except BaseException:
+                log.exception("worker crashed", extra={"worker": index})
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self._children[pid] = index
+
+    def _stop(self, signum: int) -> None:
+        self._stopping = True
+        self._readiness.start_draining()
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self._children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._children.clear()
+                return
+            if pid == 0:
+                return
+            index = self._children.pop(pid, None)
+            if index is None:
+                continue
+            self._forget_metrics(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self._stopping:
+                continue
+            self._worker_died(index, code)
+
+    def _worker_died(self, index: int, code: int) -> None:
+        if code in _FATAL_EXIT_CODES:
+            log.error("stopping: %s", _FATAL_EXIT_CODES[code], extra={"worker": index})
+            self._exit_code = 1
+            self._stop(signal.SIGTERM)
+            return
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < _RESTART_WINDOW]
+        if len(self._restarts) >= _MAX_RESTARTS:
+            log.error("workers keep crashing; stopping", extra={"worker": index, "code": code})
+            self._exit_code = 1
+            self._stop(signal.SIGTERM)
+            return
+        self._restarts.append(now)
+        log.warning("worker exited unexpectedly; restarting", extra={"worker": index, "code": code})
+        self._spawn(index)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """Drops a dead worker's live gauges, as prometheus_client's mark_process_dead does."""
+        for path in self._metrics_dir.glob(f"gauge_live*_{pid}.db"):
+            path.unlink(missing_ok=True)

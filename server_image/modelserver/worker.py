@@ -1,0 +1,157 @@
+"""One server process: listens, loads the model while answering probes, serves, drains on SIGTERM.
+
+Every worker opens its own listening socket with SO_REUSEPORT, so the kernel spreads connections
+over the workers without a proxy process. The model is loaded in a thread so that liveness and
+readiness (503) answer during a long load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import socket
+import warnings
+
+import threadpoolctl  # type: ignore[import-untyped]
+
+from modelserver import loader, termination
+from modelserver.config import ServeConfig
+from modelserver.dataplane import DataPlane
+from modelserver.errors import ModelLoadError
+from modelserver.httpserver import HttpServer, Router
+from modelserver.metrics import Metrics
+from modelserver.readiness import Readiness
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 3
+EXIT_BIND_FAILED = 4
+
+
+def listening_socket(host: str, port: int, *, shared: bool) -> socket.socket:
+    """A non-blocking socket bound to the port; `shared` lets the other workers bind it too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
+    """Runs one worker until it has drained; returns the process exit code."""
+    # Models fitted on DataFrames warn on every array input; the server always sends arrays.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, the standard loop works too.
+    except ImportError:
+        return asyncio.run(_serve(config, index, readiness))
+    return uvloop.run(_serve(config, index, readiness))
+
+
+async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
+    loop = asyncio.get_running_loop()
+    metrics = Metrics(config.model_name)
+    plane = DataPlane(
+        loop,
+        metrics,
+        model_name=config.model_name,
+        model_version=config.model_version,
+        max_batch_size=config.max_batch_size,
+        max_batch_wait_seconds=config.max_batch_wait_ms / 1000,
+        max_queue_depth=config.max_queue_depth,
+        is_ready=lambda: readiness.ready,
+    )
+    http = HttpServer(
+        loop,
+        Router(plane),
+        max_body_bytes=config.max_body_bytes,
+        keepalive_timeout=config.keepalive_timeout_seconds,
+        log_requests=config.access_log,
+    )
+    try:
+        sock = listening_socket(config.host, config.port, shared=config.workers > 1)
+    except OSError as error:
+        reason = f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
+        log.error(reason)
+        termination.write_reason(reason, config.termination_log)
+        return EXIT_BIND_FAILED
+    server = await loop.create_server(http.new_connection, sock=sock, backlog=2048)
+
+    stop = asyncio.Event()
+    drain_delay = config.drain_delay_seconds
+
+    def request_stop(delay: float) -> None:
+        nonlocal drain_delay
+        readiness.start_draining()
+        drain_delay = min(drain_delay, delay)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, config.drain_delay_seconds)
+    loop.add_signal_handler(signal.SIGINT, request_stop, 0.0)
+
+    loading = loop.run_in_executor(
+        None,
+        loader.load,
+        config.model_uri,
+        config.model_format,
+        config.model_digest,
+        config.trusted_types,
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        try:
+            model = loading.result()
+        except ModelLoadError as error:
+            reason = f"model load failed: {error}"
+            log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
+            termination.write_reason(reason, config.termination_log)
+            server.close()
+            stopping.cancel()
+            return EXIT_LOAD_FAILED
+        plane.set_runtime(model)
+        _settle(config.workers)
+        readiness.mark_loaded(index)
+        info = model.info
+        log.info(
+            "model loaded",
+            extra={
+                "model": config.model_name,
+                "model_class": info.model_class,
+                "n_features_in": info.n_features,
+                "load_seconds": round(info.load_seconds, 4),
+                "sha256": info.sha256,
+                "worker": index,
+            },
+        )
+    await stopping
+
+    log.info("draining", extra={"worker": index, "delay_seconds": drain_delay})
+    if drain_delay > 0:
+        await asyncio.sleep(drain_delay)
+    server.close()
+    http.shutdown()
+    clean = await http.wait_closed(config.graceful_timeout_seconds)
+    if not loading.done():
+        log.info("stopped before the model was loaded", extra={"worker": index})
+    log.info("stopped", extra={"worker": index, "clean": clean})
+    return EXIT_OK
+
+
+def _settle(workers: int) -> None:
+    """After loading: one BLAS thread per worker when workers share the cores, and the model moved
+    out of the garbage collector's way (it lives as long as the process)."""
+    if workers > 1:
+        threadpoolctl.threadpool_limits(limits=1)
+    gc.collect()
+    gc.freeze()
