@@ -1,0 +1,204 @@
+"""The PKI of a throwaway cluster: one CA, a serving cert, client certs, a service-account key.
+
+Generated with ``cryptography`` (no cfssl/openssl CLI needed). ECDSA P-256 keys because they
+are generated in microseconds, where RSA-2048 takes ~100 ms each; every component in
+Kubernetes accepts them, including for signing service-account tokens (ES256).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALIDITY = dt.timedelta(days=365)
+
+#: Client identities: file stem -> (CN, O). ``system:masters`` bypasses RBAC entirely.
+CLIENTS: dict[str, tuple[str, str | None]] = {
+    "admin": ("admin", "system:masters"),
+    "controller-manager": ("system:kube-controller-manager", None),
+    "scheduler": ("system:kube-scheduler", None),
+    # kwok writes node and pod status for fake nodes; it is not a kubelet, so it cannot use
+    # the Node authorizer's system:node:<name> identity for all nodes at once.
+    "kwok": ("kwok-controller", "system:masters"),
+}
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the files ``generate`` wrote."""
+
+    dir: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def serving_cert(self) -> Path:
+        return self.dir / "apiserver.crt"
+
+    @property
+    def serving_key(self) -> Path:
+        return self.dir / "apiserver.key"
+
+    @property
+    def sa_key(self) -> Path:
+        return self.dir / "sa.key"
+
+    @property
+    def sa_pub(self) -> Path:
+        return self.dir / "sa.pub"
+
+    def client_cert(self, who: str) -> Path:
+        return self.dir / f"{who}.crt"
+
+    def client_key(self, who: str) -> Path:
+        return self.dir / f"{who}.key"
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + VALIDITY)
+    )
+
+
+def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = ()) -> Pki:
+    """Write CA, apiserver serving cert, client certs and the service-account key pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+
+    ca_key = _key()
+    ca_name = _name("localcluster-ca")
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(pki.ca_key, ca_key)
+    _write_cert(pki.ca_cert, ca_cert)
+
+    def leaf(
+        cn: str, org: str | None, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = _key()
+        b = (
+            _builder(_name(cn, org), ca_name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return key, b.sign(ca_key, hashes.SHA256())
+
+    dns = [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+    ]
+    ips = ["127.0.0.1", service_ip]
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    for extra in extra_sans:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(extra)))
+        except ValueError:
+            sans.append(x509.DNSName(extra))
+    key, cert = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    _write_key(pki.serving_key, key)
+    _write_cert(pki.serving_cert, cert)
+
+    for who, (cn, org) in CLIENTS.items():
+        key, cert = leaf(cn, org, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        _write_key(pki.client_key(who), key)
+        _write_cert(pki.client_cert(who), cert)
+
+    sa_key = _key()
+    _write_key(pki.sa_key, sa_key)
+    pki.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return pki
