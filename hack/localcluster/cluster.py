@@ -1,0 +1,503 @@
+"""Bring a whole local control plane up and down: the object tests and the CLI use.
+
+``up`` is idempotent (a running cluster is left alone), bounded (every wait has a timeout)
+and loud when something breaks (a component that exits during startup is reported with the
+tail of its log). ``down`` stops only the processes recorded in the cluster's
+``state.json`` and removes the directory only if it carries our marker file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from localcluster import binaries, certs, components, kubeconfig, kwokconfig, process, versions
+from localcluster.api import ApiClient
+from localcluster.components import Layout, Ports
+
+Log = Callable[[str], None]
+
+NODE_NAMES = ("kwok-node-0", "kwok-node-1")
+EXISTING_ENV_VARS = ("LOCALCLUSTER_USE_EXISTING", "USE_EXISTING_CLUSTER")
+_TRUE = {"1", "true", "yes", "on"}
+
+_COMMANDS: dict[str, Callable[[Path, Layout, Ports], list[str]]] = {
+    "etcd": components.etcd,
+    "kube-apiserver": components.kube_apiserver,
+    "kube-controller-manager": components.kube_controller_manager,
+    "kube-scheduler": components.kube_scheduler,
+    "kwok": components.kwok,
+}
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started, reached or stopped."""
+
+
+class ComponentError(ClusterError):
+    """A component exited while we waited for it; the message has its log tail."""
+
+    def __init__(self, component: str, log_path: Path, detail: str = "") -> None:
+        self.component = component
+        self.log_path = log_path
+        self.tail = process.log_tail(log_path)
+        why = f" ({detail})" if detail else ""
+        super().__init__(f"{component} is not running{why}; last lines of {log_path}:\n{self.tail}")
+
+
+def use_existing_requested() -> bool:
+    """True if the environment asks to use ``KUBECONFIG``'s cluster instead of starting one."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in EXISTING_ENV_VARS)
+
+
+def repo_root() -> Path:
+    """The checkout we run in: the nearest parent of the cwd holding ``hack/localcluster``.
+
+    Falls back to the package's own checkout, so ``python -m localcluster`` from anywhere
+    inside (or outside) a clone finds the right ``.cluster/``.
+    """
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "hack" / "localcluster").is_dir():
+            return d
+    return Path(__file__).resolve().parents[2]
+
+
+def default_root() -> Path:
+    env = os.environ.get("LOCALCLUSTER_ROOT")
+    return Path(env) if env else repo_root() / ".cluster"
+
+
+def stderr_log(msg: str) -> None:
+    binaries.stderr_log(msg)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    running: bool
+    log: Path
+
+
+@dataclass(frozen=True)
+class Status:
+    root: Path
+    existing: bool
+    kubeconfig: Path
+    server: str | None
+    components: tuple[ComponentStatus, ...]
+    ready: bool
+    nodes_ready: int
+
+    @property
+    def up(self) -> bool:
+        return self.existing or (bool(self.components) and all(c.running for c in self.components))
+
+
+class Cluster:
+    """A local control plane under ``root`` (or, in existing mode, ``KUBECONFIG``'s cluster).
+
+    >>> c = Cluster(root=tmp_path / "cluster")   # doctest: +SKIP
+    >>> c.up(); c.kubectl("get", "nodes"); c.down()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        use_existing: bool | None = None,
+        build_missing: bool = False,
+        log: Log = stderr_log,
+    ) -> None:
+        self.root = Path(root).resolve() if root is not None else default_root().resolve()
+        self.layout = Layout(self.root)
+        self.use_existing = use_existing_requested() if use_existing is None else use_existing
+        self.build_missing = build_missing
+        self.log = log
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._started_here = False
+
+    # -- where things are ------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        """Admin kubeconfig (in existing mode: the first file of ``$KUBECONFIG``)."""
+        if self.use_existing:
+            env = os.environ.get("KUBECONFIG", "")
+            first = env.split(os.pathsep)[0] if env else ""
+            if not first:
+                raise ClusterError(f"{' or '.join(EXISTING_ENV_VARS)} is set but KUBECONFIG is not")
+            return Path(first).expanduser()
+        return self.layout.kubeconfig
+
+    @property
+    def bin_dir(self) -> Path:
+        """A directory with every binary found (symlinks), for PATH or for tests.
+
+        Binaries come from different places (the version cache, LOCALCLUSTER_BIN_DIR), so
+        they are linked together under ``<root>/bin``.
+        """
+        d = self.layout.bin
+        d.mkdir(parents=True, exist_ok=True)
+        for name, path in binaries.locate_all().items():
+            if path is None:
+                continue
+            link = d / name
+            if link.is_symlink() or link.exists():
+                if link.resolve() == path.resolve():
+                    continue
+                link.unlink()
+            link.symlink_to(path)
+        return d
+
+    @property
+    def server(self) -> str:
+        state = self._load_state()
+        if state is None:
+            raise ClusterError(f"no cluster running under {self.root}")
+        return str(state["server"])
+
+    def env(self) -> dict[str, str]:
+        """Environment for tools that should talk to this cluster (kubectl, the operator)."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl (ours, else the one on PATH) against this cluster."""
+        found = binaries.locate_all(["kubectl"]).get("kubectl")
+        exe = str(found) if found else shutil.which("kubectl")
+        if exe is None:
+            raise ClusterError("kubectl not found: run `make binaries`")
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        return subprocess.run(
+            [exe, *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input,
+            env=env,
+            timeout=timeout,
+        )
+
+    def client(self) -> ApiClient:
+        """A stdlib client authenticated as admin (not available in existing mode)."""
+        if self.use_existing:
+            raise ClusterError("the built-in client needs our own PKI; use KUBECONFIG instead")
+        pki = certs.Pki(self.layout.pki)
+        return ApiClient(
+            self.server,
+            ca_cert=pki.ca_cert,
+            client_cert=pki.client_cert("admin"),
+            client_key=pki.client_key("admin"),
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.layout.state.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data
+
+    def _save_state(self, state: Mapping[str, Any]) -> None:
+        tmp = self.layout.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.layout.state)
+
+    def _records(self, state: Mapping[str, Any] | None = None) -> dict[str, process.Record]:
+        state = state if state is not None else self._load_state()
+        if not state:
+            return {}
+        return {name: process.Record.from_json(rec) for name, rec in state["processes"].items()}
+
+    def is_up(self) -> bool:
+        """Every recorded component is alive (existing mode: trusted to be up)."""
+        if self.use_existing:
+            return True
+        recs = self._records()
+        return set(recs) == set(components.ORDER) and all(map(process.alive, recs.values()))
+
+    # -- up --------------------------------------------------------------------------------
+
+    def up(self, timeout: float = 180.0) -> bool:
+        """Start the cluster; False if it was already up (or is an existing one)."""
+        if self.use_existing:
+            kc = self.kubeconfig
+            if not kc.is_file():
+                raise ClusterError(f"KUBECONFIG {kc} does not exist")
+            self.log(f"using the existing cluster of {kc}; nothing to start")
+            return False
+        if self.is_up():
+            self.log(f"cluster already up under {self.root} (kubeconfig {self.kubeconfig})")
+            return False
+        if self._records():
+            dead = [n for n, r in self._records().items() if not process.alive(r)]
+            self.log(f"stale cluster under {self.root} ({', '.join(dead)} not running): cleaning")
+            self.down()
+
+        names = [*components.ORDER, "kubectl"]
+        if self.build_missing:
+            bins = binaries.build(names, verbose=False, log=self.log)
+        else:
+            bins = binaries.require(names)
+
+        for attempt in (1, 2):
+            try:
+                self._start(bins, timeout)
+            except ComponentError as err:
+                self._abort()
+                if attempt == 1 and "address already in use" in err.tail:
+                    self.log(f"{err.component}: a port was taken meanwhile; retrying once")
+                    continue
+                raise
+            except BaseException:
+                self._abort()
+                raise
+            return True
+        raise AssertionError("unreachable")
+
+    def _prepare_root(self) -> None:
+        lay = self.layout
+        if lay.root.exists() and any(lay.root.iterdir()):
+            if not lay.marker.exists():
+                raise ClusterError(
+                    f"{lay.root} exists, is not empty and was not made by localcluster"
+                )
+            shutil.rmtree(lay.root)
+        lay.root.mkdir(parents=True, exist_ok=True)
+        lay.marker.write_text("state of `python -m localcluster`; removed by `down`\n")
+
+    def _start(self, bins: Mapping[str, Path], timeout: float) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        lay = self.layout
+        self._prepare_root()
+        ports = Ports(*process.free_ports(6))
+        server = f"https://127.0.0.1:{ports.apiserver}"
+        state: dict[str, Any] = {
+            "versions": {
+                "kubernetes": versions.KUBERNETES_VERSION,
+                "etcd": versions.ETCD_VERSION,
+                "kwok": versions.KWOK_VERSION,
+            },
+            "server": server,
+            "ports": ports.to_json(),
+            "kubeconfig": str(lay.kubeconfig),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "processes": {},
+        }
+        self._save_state(state)
+
+        pki = certs.generate(lay.pki, service_ip=components.SERVICE_IP)
+        kubeconfig.write(
+            lay.kubeconfig,
+            server=server,
+            ca_cert=pki.ca_cert,
+            client_cert=pki.client_cert("admin"),
+            client_key=pki.client_key("admin"),
+        )
+        for who in ("controller-manager", "scheduler", "kwok"):
+            kubeconfig.write(
+                lay.component_kubeconfig(who),
+                server=server,
+                ca_cert=pki.ca_cert,
+                client_cert=pki.client_cert(who),
+                client_key=pki.client_key(who),
+                user=who,
+            )
+        kwokconfig.write(
+            lay.kwok_config, server_port=ports.kwok, kubelet_version=versions.KUBERNETES_VERSION
+        )
+
+        def launch(name: str) -> None:
+            env = dict(os.environ)
+            if name == "kwok":
+                env["KWOK_WORKDIR"] = str(lay.kwok_dir)  # never read ~/.kwok/kwok.yaml
+            argv = _COMMANDS[name](bins[name], lay, ports)
+            proc, rec = process.start(name, argv, lay.log(name), env=env, cwd=lay.root)
+            self._children[name] = proc
+            state["processes"][name] = rec.to_json()
+            self._save_state(state)
+
+        self.log(f"starting etcd {versions.ETCD_VERSION} on 127.0.0.1:{ports.etcd_client}")
+        launch("etcd")
+        etcd = ApiClient(f"http://127.0.0.1:{ports.etcd_client}")
+        self._wait("etcd healthy", lambda: etcd.ok("/health"), deadline)
+
+        self.log(f"starting kube-apiserver {versions.KUBERNETES_VERSION} on {server}")
+        launch("kube-apiserver")
+        api = self.client()
+        self._wait("kube-apiserver /readyz", lambda: api.ok("/readyz"), deadline)
+
+        self.log("starting kube-controller-manager, kube-scheduler, kwok")
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            launch(name)
+        for name in NODE_NAMES:
+            resp = api.post("/api/v1/nodes", kwokconfig.node_manifest(name))
+            if resp.status not in (201, 409):
+                raise ClusterError(f"creating node {name}: HTTP {resp.status}: {resp.body!r}")
+
+        kcm = ApiClient(f"https://127.0.0.1:{ports.controller_manager}", verify=False)
+        sched = ApiClient(f"https://127.0.0.1:{ports.scheduler}", verify=False)
+        kwok = ApiClient(f"http://127.0.0.1:{ports.kwok}")
+        self._wait("kube-controller-manager /healthz", lambda: kcm.ok("/healthz"), deadline)
+        self._wait("kube-scheduler /healthz", lambda: sched.ok("/healthz"), deadline)
+        self._wait("kwok /healthz", lambda: kwok.ok("/healthz"), deadline)
+        self._wait("nodes Ready and untainted", lambda: self._nodes_ready(api), deadline)
+        self._wait(
+            "ServiceAccount default/default",
+            lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
+            deadline,
+        )
+        self.log(
+            f"cluster up in {time.monotonic() - t0:.1f}s; "
+            f"export KUBECONFIG={lay.kubeconfig}  (logs in {lay.logs})"
+        )
+
+    def _nodes_ready(self, api: ApiClient) -> bool:
+        """Both fake nodes Ready with no taints left (not-ready taints go once Ready)."""
+        return self.nodes_ready(api) == len(NODE_NAMES)
+
+    @staticmethod
+    def nodes_ready(api: ApiClient) -> int:
+        resp = api.get("/api/v1/nodes?labelSelector=" + "%3D".join(kwokconfig.NODE_LABEL))
+        if resp.status != 200:
+            return 0
+        count = 0
+        for node in resp.json().get("items", []):
+            conds = node.get("status", {}).get("conditions", [])
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+            if ready and not node.get("spec", {}).get("taints"):
+                count += 1
+        return count
+
+    def _check_children(self) -> None:
+        """Raise ComponentError for the first started component that has exited."""
+        for name, rec in self._records().items():
+            if not process.alive(rec):
+                child = self._children.get(name)
+                code = child.poll() if child is not None else None
+                detail = f"exit code {code}" if code is not None else "exited"
+                raise ComponentError(name, self.layout.log(name), detail)
+
+    def _wait(self, what: str, ready: Callable[[], bool], deadline: float) -> None:
+        start = time.monotonic()
+        while True:
+            self._check_children()
+            if ready():
+                self.log(f"  {what}: ok ({time.monotonic() - start:.1f}s)")
+                return
+            if time.monotonic() > deadline:
+                logs = ", ".join(str(self.layout.log(n)) for n in self._records())
+                raise ClusterError(f"timed out waiting for {what}; see the logs: {logs}")
+            time.sleep(0.2)
+
+    def _abort(self) -> None:
+        """After a failed start: stop what was started, keep the logs to read."""
+        self._stop_all()
+        self.layout.state.unlink(missing_ok=True)
+
+    # -- down ------------------------------------------------------------------------------
+
+    def _stop_all(self) -> list[str]:
+        recs = self._records()
+        stopped = process.stop([recs[n] for n in reversed(components.ORDER) if n in recs])
+        for child in self._children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)  # reap; stop() has ended it already
+        self._children.clear()
+        return stopped
+
+    def down(self, *, keep_logs: bool = False) -> bool:
+        """Stop the recorded processes and remove the state; False if nothing was running."""
+        if self.use_existing:
+            self.log("existing cluster: nothing to stop")
+            return False
+        t0 = time.monotonic()
+        stopped = self._stop_all()
+        lay = self.layout
+        if lay.marker.exists():
+            if keep_logs:
+                for child in lay.root.iterdir():
+                    if child != lay.logs:
+                        if child.is_dir() and not child.is_symlink():
+                            shutil.rmtree(child)
+                        else:
+                            child.unlink()
+            else:
+                shutil.rmtree(lay.root)
+        if stopped:
+            self.log(
+                f"stopped {', '.join(stopped)} in {time.monotonic() - t0:.1f}s; "
+                f"removed {lay.root}" + (" (kept logs)" if keep_logs else "")
+            )
+        else:
+            self.log(f"no cluster running under {lay.root}")
+        return bool(stopped)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        if self.use_existing:
+            return Status(self.root, True, self.kubeconfig, None, (), True, 0)
+        state = self._load_state()
+        recs = self._records(state)
+        comps = tuple(
+            ComponentStatus(
+                name,
+                recs[name].pid if name in recs else None,
+                name in recs and process.alive(recs[name]),
+                self.layout.log(name),
+            )
+            for name in components.ORDER
+            if state is not None
+        )
+        ready, nodes = False, 0
+        if state is not None and all(c.running for c in comps):
+            api = self.client()
+            ready = api.ok("/readyz")
+            with contextlib.suppress(OSError):
+                nodes = self.nodes_ready(api)
+        return Status(
+            self.root,
+            False,
+            self.layout.kubeconfig,
+            str(state["server"]) if state else None,
+            comps,
+            ready,
+            nodes,
+        )
+
+    # -- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self._started_here = self.up()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._started_here:  # leave a cluster that was already running alone
+            self.down()
