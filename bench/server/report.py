@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,45 @@ def fmt_ratio(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}x"
+
+
+KEY = ("model", "scenario", "server", "protocol")
+SUMMED = ("requests", "errors", "errors_status", "errors_socket")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model, scenario, server and protocol: the median of its rounds.
+
+    Each number is the median on its own (so p99 and req/s may come from different
+    rounds); error counts are added up. With one round, the row is that run.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[k] for k in KEY), []).append(run)
+    out = []
+    for members in groups.values():
+        row: dict[str, Any] = {k: members[0][k] for k in KEY}
+        row["rounds"] = len(members)
+        for name, value in members[0].items():
+            if name in KEY or name in ("round", "invalid") or not isinstance(value, int | float):
+                continue
+            values = [m[name] for m in members]
+            row[name] = sum(values) if name in SUMMED else statistics.median(values)
+        if any("invalid" in m for m in members):
+            row["invalid"] = members[0].get("invalid", "invalid")
+        out.append(row)
+    model_order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in out))}
+    scenario_order = {s: i for i, s in enumerate(dict.fromkeys(r["scenario"] for r in out))}
+    server_order = {"ours": 0, "kserve": 1, "mlserver": 2}
+    out.sort(
+        key=lambda r: (
+            model_order[r["model"]],
+            scenario_order[r["scenario"]],
+            server_order.get(r["server"], 9),
+            r["protocol"],
+        )
+    )
+    return out
 
 
 def find(runs: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -101,7 +141,7 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
             fmt(r["rps"], 0),
             fmt(r["p50_ms"], 2),
             fmt(r["p99_ms"], 2),
-            str(r["errors"]),
+            str(r["errors"]) + (" (invalid)" if "invalid" in r else ""),
             fmt(r["server_cpu_cores"], 2),
             fmt(r["other_cpu_cores"], 2),
         ]

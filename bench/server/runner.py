@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--wrk-threads", type=int, default=1, help="wrk threads (default 1: leave CPU to servers)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every scenario this many times; tables show the medians (default 1)",
     )
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for ready")
     p.add_argument(
@@ -214,7 +220,7 @@ def measure(
 
 def _print_run(r: dict[str, Any]) -> None:
     print(
-        f"    {r['protocol']} {r['scenario']:<11} {r['rps']:>9,.0f} req/s  "
+        f"    {r['server']:<8} {r['protocol']} {r['scenario']:<11} {r['rps']:>9,.0f} req/s  "
         f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
         f"(server {r['server_cpu_cores']:.2f} cores, wrk {r['wrk_cpu_cores']:.2f}, "
         f"other {r['other_cpu_cores']:.2f})",
@@ -222,26 +228,32 @@ def _print_run(r: dict[str, Any]) -> None:
     )
 
 
-def bench_one(
-    *,
-    args: argparse.Namespace,
-    wrk: str,
-    server: servers.ServerProcess,
-    scenarios: list[Scenario],
-    payloads: models.Payloads,
-    runs: list[dict[str, Any]],
-) -> dict[str, Any]:
+@dataclass
+class Live:
+    """A started server, with the protocols on which it answered correctly."""
+
+    server: servers.ServerProcess
+    info: dict[str, Any]
+    protocols: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+def start_and_check(
+    *, args: argparse.Namespace, server: servers.ServerProcess, payloads: models.Payloads
+) -> Live:
     info: dict[str, Any] = {
         "server": server.kind.key,
         "model": server.model.name,
         "command": server.launch.cmd,
         "log": str(server.log_path),
     }
-    print(f"  {server.kind.label}: {server.model.name}", flush=True)
+    live = Live(server=server, info=info)
+    print(f"  starting {server.kind.label}", flush=True)
     try:
         cold = server.start(args.ready_timeout)
         info["cold_start_s"] = cold
         bad = {p: check_predictions(server, p, payloads) for p in server.kind.protocols}
+        info["checks_before"] = bad
         info["processes"] = len(server.tree())
         info["rss_ready_mb"] = server.sample_memory() / MB
         info["pss_ready_mb"] = server.pss_bytes() / MB
@@ -250,44 +262,119 @@ def bench_one(
             f"RSS {info['rss_ready_mb']:.0f} MB",
             flush=True,
         )
-        info["checks_before"] = bad
+        for protocol, problem in bad.items():
+            if problem:
+                print(f"    {protocol}: WRONG ANSWER, not measured: {problem}", flush=True)
+            else:
+                live.protocols.append(protocol)
         server.start_sampling()
-        for protocol in server.kind.protocols:
-            if bad[protocol]:
-                print(f"    {protocol}: WRONG ANSWER, not measured: {bad[protocol]}", flush=True)
-                continue
-            for scenario in scenarios:
-                if not server.alive():
-                    raise servers.StartError(f"{server.kind.key} died; log:\n{server.log_tail()}")
-                run = measure(
-                    args=args,
-                    wrk=wrk,
-                    server=server,
-                    protocol=protocol,
-                    scenario=scenario,
-                    payloads=payloads,
-                )
-                runs.append(run)
-                _print_run(run)
+    except (servers.StartError, RuntimeError, OSError) as exc:
+        _fail(live, exc)
+    return live
+
+
+def _fail(live: Live, exc: BaseException) -> None:
+    live.failed = True
+    live.info["status"] = "failed"
+    live.info["error"] = str(exc)
+    print(f"    {live.server.kind.key} FAILED: {exc}", flush=True)
+    live.server.stop()
+
+
+def finish(live: Live, payloads: models.Payloads, runs: list[dict[str, Any]]) -> None:
+    """Check the answers again, note the memory, stop the server."""
+    server, info = live.server, live.info
+    try:
+        if live.failed:
+            return
         server.stop_sampling()
         after = {p: check_predictions(server, p, payloads) for p in server.kind.protocols}
         info["checks_after"] = after
         info["rss_peak_mb"] = max(server.memory.rss_max, server.sample_memory()) / MB
         info["pss_after_mb"] = server.pss_bytes() / MB
-        wrong = [p for p in server.kind.protocols if bad[p] or after[p]]
+        before = info.get("checks_before", {})
+        wrong = [p for p in server.kind.protocols if before.get(p) or after[p]]
         info["status"] = "wrong answers: " + ",".join(wrong) if wrong else "ok"
         if any(after.values()):
             # Numbers from a server that answers wrongly afterwards are not kept.
             for run in runs:
                 if run["server"] == server.kind.key and run["model"] == server.model.name:
                     run["invalid"] = "wrong answers after the load"
-    except (servers.StartError, RuntimeError, OSError) as exc:
-        info["status"] = "failed"
-        info["error"] = str(exc)
-        print(f"    FAILED: {exc}", flush=True)
     finally:
         server.stop()
-    return info
+
+
+def bench_model(
+    *,
+    args: argparse.Namespace,
+    wrk: str,
+    procs: list[servers.ServerProcess],
+    scenarios: list[Scenario],
+    payloads: models.Payloads,
+    runs: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """All servers of one model: started one after the other, then measured in turns.
+
+    Taking turns scenario by scenario keeps each ratio's two runs a few seconds
+    apart, so slow changes in the machine's other load hit both sides alike.
+    """
+    lives: list[Live] = []
+    try:
+        for proc in procs:
+            lives.append(start_and_check(args=args, server=proc, payloads=payloads))
+        for round_no in range(args.rounds):
+            if args.rounds > 1:
+                print(f"  round {round_no + 1} of {args.rounds}", flush=True)
+            for scenario in scenarios:
+                for live in lives:
+                    for protocol in live.protocols:
+                        if live.failed:
+                            break
+                        _measure_into(
+                            args=args,
+                            wrk=wrk,
+                            live=live,
+                            protocol=protocol,
+                            scenario=scenario,
+                            payloads=payloads,
+                            runs=runs,
+                            round_no=round_no,
+                        )
+    finally:
+        for live in lives:
+            finish(live, payloads, runs)
+    return [live.info for live in lives]
+
+
+def _measure_into(
+    *,
+    args: argparse.Namespace,
+    wrk: str,
+    live: Live,
+    protocol: str,
+    scenario: Scenario,
+    payloads: models.Payloads,
+    runs: list[dict[str, Any]],
+    round_no: int,
+) -> None:
+    server = live.server
+    try:
+        if not server.alive():
+            raise servers.StartError(f"{server.kind.key} died; log:\n{server.log_tail()}")
+        run = measure(
+            args=args,
+            wrk=wrk,
+            server=server,
+            protocol=protocol,
+            scenario=scenario,
+            payloads=payloads,
+        )
+    except (servers.StartError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _fail(live, exc)
+        return
+    run["round"] = round_no
+    runs.append(run)
+    _print_run(run)
 
 
 def environment(
@@ -356,7 +443,7 @@ def _launch(
 def _print_summary(result: dict[str, Any]) -> None:
     print()
     print("Throughput and latency (req/s counts answers without an error status)")
-    print(report.runs_table(result["runs"]))
+    print(report.runs_table(result["summary"]))
     print()
     print("Start-up and memory (sums over each server's process tree)")
     print(report.servers_table(result["servers"]))
@@ -416,28 +503,30 @@ def run(argv: list[str]) -> int:
     chosen_models = [m for m in bench_models if m.name in model_names]
     for model in chosen_models:
         print(f"model {model.name} ({model.description}):", flush=True)
-        for key in (k for k in wanted if k not in skipped):
-            launch = _launch(
-                key, args=args, peer_venvs=peer_venvs, model=model, taken=taken, work=work
-            )
-            proc = servers.ServerProcess(
+        procs = [
+            servers.ServerProcess(
                 kind=servers.KINDS[key],
                 model=model,
-                launch=launch,
+                launch=_launch(
+                    key, args=args, peer_venvs=peer_venvs, model=model, taken=taken, work=work
+                ),
                 log_path=logs / f"{key}-{model.name}.log",
             )
-            server_infos.append(
-                bench_one(
-                    args=args,
-                    wrk=wrk,
-                    server=proc,
-                    scenarios=scenarios,
-                    payloads=payloads,
-                    runs=runs,
-                )
+            for key in wanted
+            if key not in skipped
+        ]
+        server_infos.extend(
+            bench_model(
+                args=args,
+                wrk=wrk,
+                procs=procs,
+                scenarios=scenarios,
+                payloads=payloads,
+                runs=runs,
             )
+        )
 
-    valid = [r for r in runs if "invalid" not in r]
+    valid = report.summarize([r for r in runs if "invalid" not in r])
     peer_pythons = {k: venvs.python_of(v) for k, v in peer_venvs.items()}
     result = {
         "kind": "server-benchmark",
@@ -448,6 +537,7 @@ def run(argv: list[str]) -> int:
             "warmup_s": args.warmup,
             "workers": servers.WORKERS,
             "wrk_threads": args.wrk_threads,
+            "rounds": args.rounds,
             "wrk_timeout_s": loadgen.REQUEST_TIMEOUT_S,
             "dataset": models.DATASET,
             "models": {m.name: m.description for m in chosen_models},
@@ -458,6 +548,7 @@ def run(argv: list[str]) -> int:
         "skipped": skipped,
         "servers": server_infos,
         "runs": runs,
+        "summary": report.summarize(runs),
         "ratios": report.ratios(valid, [m.name for m in chosen_models], scenario_names),
         "targets": report.targets(valid),
     }
