@@ -16,6 +16,7 @@ from localcluster.cluster import (
     Cluster,
     ClusterError,
     ComponentError,
+    KubectlError,
     default_root,
     use_existing_requested,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "ComponentError",
+    "KubectlError",
     "build",
     "cache_root",
     "default_root",

@@ -29,6 +29,7 @@ Log = Callable[[str], None]
 NODE_NAMES = ("kwok-node-0", "kwok-node-1")
 EXISTING_ENV_VARS = ("LOCALCLUSTER_USE_EXISTING", "USE_EXISTING_CLUSTER")
 _TRUE = {"1", "true", "yes", "on"}
+_MARKER_TEXT = "state of `python -m localcluster`; removed by `down`\n"
 
 _COMMANDS: dict[str, Callable[[Path, Layout, Ports], list[str]]] = {
     "etcd": components.etcd,
@@ -52,6 +53,15 @@ class ComponentError(ClusterError):
         self.tail = process.log_tail(log_path)
         why = f" ({detail})" if detail else ""
         super().__init__(f"{component} is not running{why}; last lines of {log_path}:\n{self.tail}")
+
+
+class KubectlError(ClusterError):
+    """kubectl exited non-zero; unlike CalledProcessError, the message shows its stderr."""
+
+    def __init__(self, result: subprocess.CompletedProcess[str]) -> None:
+        self.result = result
+        cmd = " ".join(map(str, result.args))
+        super().__init__(f"`{cmd}` exited {result.returncode}: {result.stderr.strip()}")
 
 
 def use_existing_requested() -> bool:
@@ -147,6 +157,10 @@ class Cluster:
         Binaries come from different places (the version cache, LOCALCLUSTER_BIN_DIR), so
         they are linked together under ``<root>/bin``.
         """
+        if not self.layout.root.exists():
+            # Mark it ours, or a later `up` would refuse the non-empty directory.
+            self.layout.root.mkdir(parents=True)
+            self.layout.marker.write_text(_MARKER_TEXT)
         d = self.layout.bin
         d.mkdir(parents=True, exist_ok=True)
         for name, path in binaries.locate_all().items():
@@ -181,21 +195,27 @@ class Cluster:
         input: str | None = None,
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl (ours, else the one on PATH) against this cluster."""
+        """Run kubectl (ours, else the one on PATH) against this cluster.
+
+        Raises KubectlError when it fails and ``check`` is true.
+        """
         found = binaries.locate_all(["kubectl"]).get("kubectl")
         exe = str(found) if found else shutil.which("kubectl")
         if exe is None:
             raise ClusterError("kubectl not found: run `make binaries`")
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
-        return subprocess.run(
+        result = subprocess.run(
             [exe, *args],
-            check=check,
+            check=False,
             capture_output=True,
             text=True,
             input=input,
             env=env,
             timeout=timeout,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(result)
+        return result
 
     def client(self) -> ApiClient:
         """A stdlib client authenticated as admin (not available in existing mode)."""
@@ -284,7 +304,7 @@ class Cluster:
                 )
             shutil.rmtree(lay.root)
         lay.root.mkdir(parents=True, exist_ok=True)
-        lay.marker.write_text("state of `python -m localcluster`; removed by `down`\n")
+        lay.marker.write_text(_MARKER_TEXT)
 
     def _start(self, bins: Mapping[str, Path], timeout: float) -> None:
         t0 = time.monotonic()
