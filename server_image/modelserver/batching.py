@@ -103,20 +103,28 @@ class Batcher:
         self._queue = []
         self._observe_queue(len(queue))
         self._target = min(len(queue), self._max_queue_depth)
-        start = 0
-        while start < len(queue):
-            method = queue[start].method
-            stop = start + 1
-            rows = len(queue[start].x)
-            while stop < len(queue):
-                job = queue[stop]
-                if job.method != method or rows + len(job.x) > self._max_batch_size:
-                    break
-                rows += len(job.x)
-                stop += 1
-            self._run(method, queue[start:stop], rows)
-            start = stop
+        method = queue[0].method
+        if any(job.method != method for job in queue):
+            by_method: dict[str, list[Job]] = {}
+            for job in queue:
+                by_method.setdefault(job.method, []).append(job)
+            for method, jobs in by_method.items():
+                self._run_all(method, jobs)
+        else:
+            self._run_all(method, queue)
         self._observe_queue(len(self._queue))
+
+    def _run_all(self, method: str, jobs: list[Job]) -> None:
+        """Runs jobs of one method in calls of at most `max_batch_size` rows."""
+        start = 0
+        while start < len(jobs):
+            stop = start + 1
+            rows = len(jobs[start].x)
+            while stop < len(jobs) and rows + len(jobs[stop].x) <= self._max_batch_size:
+                rows += len(jobs[stop].x)
+                stop += 1
+            self._run(method, jobs[start:stop], rows)
+            start = stop
 
     def _run(self, method: str, jobs: list[Job], rows: int) -> None:
         started = time.perf_counter()

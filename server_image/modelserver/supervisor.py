@@ -1,8 +1,9 @@
 """The serving parent: prepares shared state, forks workers, restarts crashed ones, relays SIGTERM.
 
-The parent never imports numpy or scikit-learn: forking a process that has started BLAS threads is
-unsafe, and the workers import them after the fork. With one worker there is no parent at all; the
-worker runs in the main process.
+The parent imports the worker code (numpy, scikit-learn) once before forking, so that workers start
+fast and share those pages. Forking is only safe while no native threads exist, so BLAS and OpenMP
+pools are limited to one thread first (one thread per worker is also what suits workers sharing the
+cores). With one worker there is no parent at all: the worker runs in the main process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from modelserver import termination
@@ -22,8 +24,13 @@ from modelserver.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
+# worker.run: (config, worker index, shared readiness) -> exit code
+WorkerMain = Callable[[ServeConfig, int, Readiness], int]
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+# Read by the BLAS and OpenMP runtimes when numpy and scikit-learn are imported.
+_THREAD_POOL_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _MAX_RESTARTS = 5  # within _RESTART_WINDOW seconds; more means the worker cannot run at all
 _RESTART_WINDOW = 60.0
 # Worker exit codes that mean "this can never work": stop instead of restarting.
@@ -34,18 +41,21 @@ def serve(config: ServeConfig) -> int:
     """Runs the server until SIGTERM; returns the process exit code."""
     metrics_dir = Path(config.metrics_dir) / str(os.getpid())
     _prepare_metrics_dir(metrics_dir)
-    # prometheus_client picks multiprocess mode at import, which happens after this, in the workers.
+    # prometheus_client picks multiprocess mode when first imported, which happens below.
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     log.info(
         "starting",
         extra={"model": config.model_name, "port": config.port, "workers": config.workers},
     )
+    if config.workers > 1:
+        for name in _THREAD_POOL_ENV:
+            os.environ.setdefault(name, "1")
+    from modelserver import worker  # noqa: PLC0415 - after the environment is set, see above.
+
     try:
         if config.workers == 1:
-            from modelserver import worker  # noqa: PLC0415 - imports numpy; see module docstring.
-
             return worker.run(config, 0, Readiness(1))
-        return _Supervisor(config, metrics_dir).run()
+        return _Supervisor(config, metrics_dir, worker.run).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -73,8 +83,9 @@ def _prepare_metrics_dir(path: Path) -> None:
 class _Supervisor:
     """Forks `config.workers` workers and keeps them running until told to stop."""
 
-    def __init__(self, config: ServeConfig, metrics_dir: Path) -> None:
+    def __init__(self, config: ServeConfig, metrics_dir: Path, run_worker: WorkerMain) -> None:
         self._config = config
+        self._run_worker = run_worker
         self._metrics_dir = metrics_dir
         self._readiness = Readiness(config.workers)
         self._children: dict[int, int] = {}  # pid -> worker index
@@ -116,9 +127,7 @@ class _Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-                from modelserver import worker  # noqa: PLC0415 - after the fork, see docstring.
-
-                code = worker.run(self._config, index, self._readiness)
+                code = self._run_worker(self._config, index, self._readiness)
             except BaseException:
                 log.exception("worker crashed", extra={"worker": index})
             finally:
