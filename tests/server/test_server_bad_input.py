@@ -1,0 +1,176 @@
+"""Bad requests get the right status and a JSON error naming the problem; the server goes on."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import socket
+from typing import Any
+
+import pytest
+from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
+
+GOOD_ROWS = IRIS_X[[3, 77]]
+V1 = "/v1/models/iris:predict"
+V2 = "/v2/models/iris/infer"
+
+
+def _v2_with(**changes: object) -> str:
+    body = v2_body(IRIS_X[:2])
+    body["inputs"][0].update(changes)
+    return json.dumps(body)
+
+
+# (id, method, path, body, extra headers, expected status, words the error must contain)
+BAD_REQUESTS = [
+    ("malformed-json", "POST", V1, '{"instances": [[1, 2, 3, 4]]', {}, 400, "malformed JSON"),
+    ("empty-body", "POST", V1, "", {}, 400, "empty request body"),
+    ("not-an-object", "POST", V1, "[[1, 2, 3, 4]]", {}, 400, "JSON object"),
+    ("missing-instances", "POST", V1, '{"rows": [[1, 2, 3, 4]]}', {}, 400, '"instances"'),
+    ("instances-not-a-list", "POST", V1, '{"instances": "1,2,3,4"}', {}, 400, "must be a list"),
+    ("empty-batch", "POST", V1, '{"instances": []}', {}, 400, "empty batch"),
+    ("too-few-features", "POST", V1, '{"instances": [[1, 2, 3]]}', {}, 400, "expects 4 per row"),
+    ("too-many-features", "POST", V1, '{"instances": [[1, 2, 3, 4, 5]]}', {}, 400, "got 5"),
+    ("ragged-rows", "POST", V1, '{"instances": [[1, 2, 3, 4], [1, 2]]}', {}, 400, "ragged"),
+    ("string-value", "POST", V1, '{"instances": [[1, 2, 3, "x"]]}', {}, 400, "non-numeric"),
+    ("null-value", "POST", V1, '{"instances": [[1, 2, null, 4]]}', {}, 400, "non-numeric"),
+    ("numeric-strings", "POST", V1, '{"instances": [["1", "2", "3", "4"]]}', {}, 400, "string"),
+    ("too-deep", "POST", V1, '{"instances": [[[1, 2, 3, 4]]]}', {}, 400, "flat list of numbers"),
+    ("huge-number", "POST", V1, '{"instances": [[1e999, 2, 3, 4]]}', {}, 400, "malformed JSON"),
+    ("v2-missing-inputs", "POST", V2, '{"outputs": []}', {}, 400, '"inputs"'),
+    ("v2-bytes-datatype", "POST", V2, _v2_with(datatype="BYTES"), {}, 400, "unsupported datatype"),
+    ("v2-unknown-datatype", "POST", V2, _v2_with(datatype="FP128"), {}, 400, "FP128"),
+    ("v2-shape-data-mismatch", "POST", V2, _v2_with(shape=[3, 4]), {}, 400, "needs 12 values"),
+    ("v2-3d-shape", "POST", V2, _v2_with(shape=[2, 2, 2]), {}, 400, "[rows, features]"),
+    ("v2-negative-shape", "POST", V2, _v2_with(shape=[-2, 4]), {}, 400, "non-negative"),
+    ("v2-int-with-floats", "POST", V2, _v2_with(datatype="INT64"), {}, 400, "non-integer"),
+    (
+        "v2-unknown-output",
+        "POST",
+        V2,
+        json.dumps({**v2_body(IRIS_X[:1]), "outputs": [{"name": "decision_function"}]}),
+        {},
+        400,
+        "unknown output",
+    ),
+    (
+        "v2-two-inputs",
+        "POST",
+        V2,
+        json.dumps({"inputs": v2_body(IRIS_X[:1])["inputs"] * 2}),
+        {},
+        400,
+        "exactly one input",
+    ),
+    (
+        "v2-binary-header-beyond-body",
+        "POST",
+        V2,
+        json.dumps(v2_body(IRIS_X[:1])),
+        {"Inference-Header-Content-Length": "99999"},
+        400,
+        "outside the body",
+    ),
+    (
+        "unknown-model-v1",
+        "POST",
+        "/v1/models/nope:predict",
+        json.dumps(v1_body(GOOD_ROWS)),
+        {},
+        404,
+        "'nope' not found",
+    ),
+    (
+        "unknown-model-v2",
+        "POST",
+        "/v2/models/nope/infer",
+        json.dumps(v2_body(GOOD_ROWS)),
+        {},
+        404,
+        "'nope' not found",
+    ),
+    ("unknown-model-metadata", "GET", "/v2/models/nope", None, {}, 404, "not found"),
+    ("unknown-path", "GET", "/v3/anything", None, {}, 404, "no such endpoint"),
+    ("wrong-method", "GET", V1, None, {}, 405, "use POST"),
+    ("oversized-body", "POST", V1, json.dumps(v1_body(IRIS_X.tolist() * 20)), {}, 413, "limit"),
+]
+
+
+def _assert_still_serving(port: int, models: Models) -> None:
+    response = post_json(port, V1, v1_body(GOOD_ROWS))
+    assert response.status == 200
+    assert response.json() == {"predictions": models.iris.predict(GOOD_ROWS).tolist()}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(
+    iris_server: ServerProcess, models: Models, case: tuple[Any, ...]
+) -> None:
+    _, method, path, body, headers, status, words = case
+    response = request(iris_server.port, method, path, body, headers=headers)
+    assert response.status == status, response.body
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert words in error
+    _assert_still_serving(iris_server.port, models)
+
+
+def test_malformed_http_gets_400_and_the_server_keeps_serving(
+    iris_server: ServerProcess, models: Models
+) -> None:
+    with socket.create_connection(("127.0.0.1", iris_server.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/models/iris:predict HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"malformed HTTP request" in answer
+    _assert_still_serving(iris_server.port, models)
+
+
+def test_oversized_chunked_body_gets_413(iris_server: ServerProcess, models: Models) -> None:
+    chunk = b"[" + b"1," * 40_000 + b"1]"
+    with socket.create_connection(("127.0.0.1", iris_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
+        )
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in answer
+    _assert_still_serving(iris_server.port, models)
+
+
+def test_too_many_waiting_requests_get_503_with_retry_after(
+    servers: dict[str, ServerProcess], models: Models
+) -> None:
+    """The slow server predicts for 0.25 s per call and lets one more request wait; ten requests
+    sent together on open connections overflow that."""
+    port = servers["slow"].port
+    rows = IRIS_X[[10]]
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
+    for connection in connections:
+        connection.request("GET", "/v2/health/live")
+        connection.getresponse().read()
+
+    def predict(connection: http.client.HTTPConnection) -> tuple[int, str | None, Any]:
+        connection.request("POST", V1, json.dumps(v1_body(rows)))
+        response = connection.getresponse()
+        return response.status, response.getheader("Retry-After"), json.loads(response.read())
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(predict, connections))
+    finally:
+        for connection in connections:
+            connection.close()
+    refused = [answer for answer in answers if answer[0] == 503]
+    served = [answer for answer in answers if answer[0] == 200]
+    assert len(refused) + len(served) == 10
+    assert refused, "the queue bound never refused a request"
+    assert served
+    for _, retry_after, body in refused:
+        assert retry_after == "1"
+        assert "overloaded" in body["error"]
+    expected = {"predictions": models.slow.predict(rows).tolist()}
+    assert all(body == expected for _, _, body in served)
+    assert post_json(port, V1, v1_body(rows)).status == 200
