@@ -73,24 +73,34 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 0 < value < 65536:
-        raise ValueError(f"must be in 1..65535, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
     return value
 
 
@@ -100,7 +110,7 @@ def _boolean(text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"must be true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
 
 
 def _env_boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -109,14 +119,14 @@ def _env_boolean(environ: Mapping[str, str], name: str, *, default: bool) -> boo
         return default
     try:
         return _boolean(raw)
-    except ValueError as error:
+    except argparse.ArgumentTypeError as error:
         raise ConfigError(f"{name}={raw!r}: {error}") from None
 
 
 def _model_format(text: str) -> str:
     lowered = text.strip().lower()
     if lowered not in MODEL_FORMATS:
-        raise ValueError(f"must be one of {', '.join(MODEL_FORMATS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(MODEL_FORMATS)}, got {text!r}")
     return lowered
 
 
@@ -144,7 +154,7 @@ class _Options:
         if raw is not None and raw != "":
             try:
                 value = convert(raw)
-            except ValueError as error:
+            except (argparse.ArgumentTypeError, ValueError) as error:
                 raise ConfigError(f"{env}={raw!r}: {error}") from None
         self._parser.add_argument(
             flag, type=convert, default=value, help=f"{help_text} (env {env})", metavar=env

@@ -8,6 +8,7 @@ reason that tells the user what to change.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import platform
 import time
@@ -20,8 +21,6 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
-import skops
-import skops.io
 from sklearn.exceptions import InconsistentVersionWarning
 
 from modelserver import digest, runtime
@@ -124,6 +123,8 @@ def _from_joblib(data: bytes, source: str) -> Any:
 
 
 def _from_skops(data: bytes, source: str, trusted: Sequence[str]) -> Any:
+    import skops.io  # noqa: PLC0415 - takes most of a second; joblib models never need it.
+
     if not data.startswith(_ZIP_MAGIC):
         raise ModelLoadError(
             f"{source} is not a skops file (not a zip archive): set the model format to joblib "
@@ -160,7 +161,7 @@ def library_versions(model_format: str) -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
     }
-    versions[model_format] = joblib.__version__ if model_format == "joblib" else skops.__version__
+    versions[model_format] = importlib.metadata.version(model_format)
     return versions
 
 
