@@ -30,6 +30,12 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _FILE_NAMES = {"joblib": ("model.joblib", "model.pkl", "model.pickle"), "skops": ("model.skops",)}
 
 
+def prepare(model_format: str) -> None:
+    """Imports what loading `model_format` needs, so that forked workers share it."""
+    if model_format == "skops":
+        import skops.io  # noqa: F401, PLC0415 - imported for its side effect of being loaded.
+
+
 def resolve_path(uri: str, model_format: str) -> Path:
     """The local file a model URI names: a path, `file://`, or a directory holding the model."""
     parsed = urllib.parse.urlparse(uri)

@@ -40,7 +40,17 @@ _FATAL_EXIT_CODES = {3: "the model could not be loaded", 4: "the port could not 
 def serve(config: ServeConfig) -> int:
     """Runs the server until SIGTERM; returns the process exit code."""
     metrics_dir = Path(config.metrics_dir) / str(os.getpid())
-    _prepare_metrics_dir(metrics_dir)
+    try:
+        _prepare_metrics_dir(metrics_dir)
+    except OSError as error:
+        reason = (
+            f"cannot create the metrics directory {metrics_dir}: {error.strerror or error}; set "
+            "METRICS_DIR to a writable directory (with a read-only root filesystem, mount an "
+            "emptyDir at /tmp)"
+        )
+        log.error(reason)
+        termination.write_reason(reason, config.termination_log)
+        return 1
     # prometheus_client picks multiprocess mode when first imported, which happens below.
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     log.info(
@@ -50,7 +60,9 @@ def serve(config: ServeConfig) -> int:
     if config.workers > 1:
         for name in _THREAD_POOL_ENV:
             os.environ.setdefault(name, "1")
-    from modelserver import worker  # noqa: PLC0415 - after the environment is set, see above.
+    from modelserver import loader, worker  # noqa: PLC0415 - after the environment is set, see above.
+
+    loader.prepare(config.model_format)
 
     try:
         if config.workers == 1:
