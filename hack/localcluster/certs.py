@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=365)
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 #: Client identities: file stem -> (CN, O). ``system:masters`` bypasses RBAC entirely.
 CLIENTS: dict[str, tuple[str, str | None]] = {
@@ -59,6 +60,22 @@ class Pki:
     @property
     def sa_pub(self) -> Path:
         return self.dir / "sa.pub"
+
+    @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.dir / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_ca_key(self) -> Path:
+        return self.dir / "front-proxy-ca.key"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        return self.dir / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.dir / "front-proxy-client.key"
 
     def client_cert(self, who: str) -> Path:
         return self.dir / f"{who}.crt"
@@ -107,69 +124,68 @@ def _builder(
     )
 
 
-def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = ()) -> Pki:
-    """Write CA, apiserver serving cert, client certs and the service-account key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pki = Pki(directory)
-
-    ca_key = _key()
-    ca_name = _name("localcluster-ca")
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
-    _write_key(pki.ca_key, ca_key)
-    _write_cert(pki.ca_cert, ca_cert)
 
-    def leaf(
-        cn: str, org: str | None, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+
+@dataclass(frozen=True)
+class _Ca:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, cn: str) -> _Ca:
+        key = _key()
+        name = _name(cn)
+        cert = (
+            _builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(
+        self,
+        cn: str,
+        org: str | None,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName] | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = _key()
         b = (
-            _builder(_name(cn, org), ca_name, key.public_key())
+            _builder(_name(cn, org), self.cert.subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
         )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, b.sign(ca_key, hashes.SHA256())
+        return key, b.sign(self.key, hashes.SHA256())
 
+    def write(self, cert_path: Path, key_path: Path) -> None:
+        _write_key(key_path, self.key)
+        _write_cert(cert_path, self.cert)
+
+
+def _serving_sans(service_ip: str, extra: tuple[str, ...]) -> list[x509.GeneralName]:
     dns = [
         "kubernetes",
         "kubernetes.default",
@@ -177,22 +193,43 @@ def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = 
         "kubernetes.default.svc.cluster.local",
         "localhost",
     ]
-    ips = ["127.0.0.1", service_ip]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    for extra in extra_sans:
+    for value in ("127.0.0.1", service_ip, *extra):
         try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(extra)))
+            sans.append(x509.IPAddress(ipaddress.ip_address(value)))
         except ValueError:
-            sans.append(x509.DNSName(extra))
-    key, cert = leaf("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+            sans.append(x509.DNSName(value))
+    return sans
+
+
+def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = ()) -> Pki:
+    """Write both CAs, the apiserver serving cert, client certs and the service-account keys."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+
+    ca = _Ca.create("localcluster-ca")
+    ca.write(pki.ca_cert, pki.ca_key)
+    key, cert = ca.issue(
+        "kube-apiserver",
+        None,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        _serving_sans(service_ip, extra_sans),
+    )
     _write_key(pki.serving_key, key)
     _write_cert(pki.serving_cert, cert)
-
     for who, (cn, org) in CLIENTS.items():
-        key, cert = leaf(cn, org, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        key, cert = ca.issue(cn, org, ExtendedKeyUsageOID.CLIENT_AUTH)
         _write_key(pki.client_key(who), key)
         _write_cert(pki.client_cert(who), cert)
+
+    # The aggregation layer (metrics-server's APIService, later) authenticates the apiserver's
+    # proxied requests with a separate CA, as kubeadm does; without it the controller-manager
+    # also logs "missing content for CA bundle" errors.
+    front = _Ca.create("localcluster-front-proxy-ca")
+    front.write(pki.front_proxy_ca_cert, pki.front_proxy_ca_key)
+    key, cert = front.issue(FRONT_PROXY_CLIENT, None, ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write_key(pki.front_proxy_client_key, key)
+    _write_cert(pki.front_proxy_client_cert, cert)
 
     sa_key = _key()
     _write_key(pki.sa_key, sa_key)

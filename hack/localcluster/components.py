@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from localcluster import certs
+
 #: Start order; ``down`` stops them in reverse.
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -105,20 +107,27 @@ def etcd(binary: Path, lay: Layout, ports: Ports) -> list[str]:
 
 
 def kube_apiserver(binary: Path, lay: Layout, ports: Ports) -> list[str]:
-    pki = lay.pki
+    pki = certs.Pki(lay.pki)
     return [
         str(binary),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
         f"--secure-port={ports.apiserver}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}",
-        f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca_cert}",
         f"--service-account-issuer={SA_ISSUER}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+        f"--requestheader-allowed-names={certs.FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+        f"--proxy-client-key-file={pki.front_proxy_client_key}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         # Nothing could route to 127.0.0.1 from a pod anyway, and the default reconciler
@@ -146,7 +155,7 @@ def _common_controller_flags(lay: Layout, who: str, port: int) -> list[str]:
 
 
 def kube_controller_manager(binary: Path, lay: Layout, ports: Ports) -> list[str]:
-    pki = lay.pki
+    pki = certs.Pki(lay.pki)
     return [
         str(binary),
         *_common_controller_flags(lay, "controller-manager", ports.controller_manager),
@@ -154,10 +163,10 @@ def kube_controller_manager(binary: Path, lay: Layout, ports: Ports) -> list[str
         # horizontal-pod-autoscaler, disruption, serviceaccount(-token), namespace, ...
         "--controllers=*",
         "--use-service-account-credentials=true",
-        f"--root-ca-file={pki / 'ca.crt'}",
-        f"--service-account-private-key-file={pki / 'sa.key'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        f"--root-ca-file={pki.ca_cert}",
+        f"--service-account-private-key-file={pki.sa_key}",
+        f"--cluster-signing-cert-file={pki.ca_cert}",
+        f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         # Tests wait for HPA decisions; the default 15 s sync makes them slow.
         "--horizontal-pod-autoscaler-sync-period=5s",
