@@ -216,11 +216,11 @@ class Resources(
 ):
     """Compute resources of the model server container."""
 
-    requests: dict[str, Quantity] | None = Field(default=None, max_length=8)
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=3)
     """Minimum resources, e.g. {cpu: 500m, memory: 512Mi}. Autoscaling measures CPU against
     the CPU request."""
 
-    limits: dict[str, Quantity] | None = Field(default=None, max_length=8)
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=3)
     """Maximum resources. The server sizes its worker count from the CPU limit."""
 
 

@@ -175,7 +175,9 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
     rules = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
     notes = "; ".join([*bounds, *rules]).replace("|", "\\|")
     description = node.get("description", "").replace("|", "\\|")
-    rows = [f"| `{path}`{' (required)' if required else ''} | {_type_of(node)} | {description} | {notes} |"]
+    rows = [
+        f"| `{path}`{' (required)' if required else ''} | {_type_of(node)} | {description} | {notes} |"
+    ]
     child = node.get("items") if node.get("type") == "array" else node
     for name, sub in (child or {}).get("properties", {}).items():
         sub_path = f"{path}[].{name}" if node.get("type") == "array" else f"{path}.{name}"

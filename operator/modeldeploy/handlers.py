@@ -11,6 +11,7 @@ Run with ``python -m modeldeploy`` or ``kopf run -m modeldeploy.handlers``.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,7 +19,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from modeldeploy import api, render
+from modeldeploy import api, kube, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import Settings, load_settings
@@ -37,6 +38,21 @@ def configure(settings: Settings) -> None:
     """Use these settings instead of reading the environment at start-up."""
     global _settings  # noqa: PLW0603 - one operator per process, configured once before kopf starts
     _settings = settings
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """Authenticate kopf exactly as the operator's own client (in-cluster, else KUBECONFIG)."""
+    found = kube.credentials(kube.load_client_config())
+    return kopf.ConnectionInfo(
+        server=found.server,
+        ca_path=found.ca_path,
+        insecure=found.insecure,
+        scheme="Bearer" if found.token else None,
+        token=found.token,
+        certificate_path=found.certificate_path,
+        private_key_path=found.private_key_path,
+    )
 
 
 @kopf.on.startup()
@@ -86,6 +102,15 @@ def _post_events(body: Any, outcome: Outcome) -> None:
         )
 
 
+def _api_message(error: ApiException) -> str:
+    """The Status message the API server sent (it names the verb, resource and user)."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason)
+
+
 def _run(reconciler: Reconciler, body: Any, *, apply_children: bool, trigger: str) -> None:
     try:
         outcome = reconciler.reconcile(dict(body), apply_children=apply_children, trigger=trigger)
@@ -93,7 +118,7 @@ def _run(reconciler: Reconciler, body: Any, *, apply_children: bool, trigger: st
         if error.status == 409:
             raise kopf.TemporaryError("conflict; retrying", delay=1) from error
         raise kopf.TemporaryError(
-            f"Kubernetes API error {error.status}: {error.reason}", delay=RETRY_DELAY_SECONDS
+            f"Kubernetes API error {error.status}: {_api_message(error)}", delay=RETRY_DELAY_SECONDS
         ) from error
     _post_events(body, outcome)
 

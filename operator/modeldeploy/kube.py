@@ -8,6 +8,8 @@ an unchanged object is a no-op on the server (no new resourceVersion, no watch e
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -29,8 +31,36 @@ def load_client_config() -> client.Configuration:
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
+        # Read KUBECONFIG now: the client's own default was captured when it was imported.
+        path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        config.load_kube_config(config_file=path, client_configuration=configuration)
     return configuration
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach the API server, for the parts of the operator that bring their own client."""
+
+    server: str
+    ca_path: str | None
+    insecure: bool
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+
+
+def credentials(configuration: client.Configuration) -> Credentials:
+    """The connection details of a loaded client configuration."""
+    authorization = (configuration.api_key or {}).get("authorization", "")
+    token = authorization.removeprefix("Bearer ").strip() or None
+    return Credentials(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
 
 
 def _base(api_version: str) -> str:
@@ -57,7 +87,8 @@ class Kube:
 
     def __init__(self, settings: Settings, configuration: client.Configuration | None = None):
         self._settings = settings
-        self._client = client.ApiClient(configuration or load_client_config())
+        self._configuration = configuration or load_client_config()
+        self._client = client.ApiClient(self._configuration)
         self._timeout = settings.api_timeout_seconds
 
     def close(self) -> None:
@@ -76,6 +107,11 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
+        # Set the bearer token here: the generated client looks it up under another key than
+        # the kubeconfig loader stores it (and this also runs the in-cluster refresh hook).
+        token = self._configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
         try:
             response = self._client.call_api(
                 path,
@@ -83,7 +119,6 @@ class Kube:
                 query_params=query or [],
                 header_params=headers,
                 body=body,
-                auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=self._timeout,
             )

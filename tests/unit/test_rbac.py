@@ -35,7 +35,7 @@ def used() -> dict[tuple[str, str], set[str]]:
         ("", "pods"): {"list"},  # Kube.list_pods
         ("", "events"): {"create"},  # kopf.event
     }
-    # Every kind a spec can render is applied (patch) and watched for drift (list, watch); the
+    # Every kind a spec can render is applied (patch, create) and watched for drift (list, watch); the
     # Deployment is read before apply (get); kinds that can become unwanted are read, then deleted.
     everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
     nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
@@ -43,7 +43,9 @@ def used() -> dict[tuple[str, str], set[str]]:
         children = render.render_children(make_body({}), spec, _settings())
         for obj in children.wanted:
             group = obj["apiVersion"].rpartition("/")[0]
-            out.setdefault((group, _plural(obj["kind"])), set()).update(WATCH | {"patch"})
+            # Server-side apply is a PATCH, and the API server also checks create when it
+            # creates the object.
+            out.setdefault((group, _plural(obj["kind"])), set()).update(WATCH | {"create", "patch"})
         for kind in children.unwanted:
             group = kind.api_version.rpartition("/")[0]
             out.setdefault((group, kind.plural), set()).update(WATCH | {"get", "delete"})
