@@ -176,7 +176,8 @@ def _rows(node: dict[str, Any], path: str, required: bool) -> list[str]:
     notes = "; ".join([*bounds, *rules]).replace("|", "\\|")
     description = node.get("description", "").replace("|", "\\|")
     rows = [
-        f"| `{path}`{' (required)' if required else ''} | {_type_of(node)} | {description} | {notes} |"
+        f"| `{path}`{' (required)' if required else ''} | {_type_of(node)} "
+        f"| {description} | {notes} |"
     ]
     child = node.get("items") if node.get("type") == "array" else node
     for name, sub in (child or {}).get("properties", {}).items():

@@ -35,7 +35,8 @@ def used() -> dict[tuple[str, str], set[str]]:
         ("", "pods"): {"list"},  # Kube.list_pods
         ("", "events"): {"create"},  # kopf.event
     }
-    # Every kind a spec can render is applied (patch, create) and watched for drift (list, watch); the
+    # Every kind a spec can render is applied (patch, create) and watched for drift (list,
+    # watch); the
     # Deployment is read before apply (get); kinds that can become unwanted are read, then deleted.
     everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
     nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
