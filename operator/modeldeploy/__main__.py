@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers.configure(settings)
     kopf.configure(verbose=False, log_format=kopf.LogFormat.FULL)
     logging.getLogger("modeldeploy").setLevel(logging.INFO)
+    # kopf logs every handler success at INFO (one line per child event); the operator's own
+    # line per reconcile that changed something is the useful one.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,
