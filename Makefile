@@ -69,8 +69,8 @@ cluster-down: ## Stop the local control plane (and a demo operator) and remove i
 	@if [ -x $(PY) ]; then $(PY) -m localcluster down; fi
 
 .PHONY: run
-run: install ## Run the operator in the foreground against the current KUBECONFIG.
-	$(PY) -m modeldeploy
+run: install ## Run the operator in the foreground against KUBECONFIG (default: the local cluster's).
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(PY) -m modeldeploy
 
 .PHONY: demo
 demo: install ## The main job: local cluster, CRD, operator, samples, status.
