@@ -93,6 +93,9 @@ class Reconciler:
         # fingerprint matches is status noise; one that differs is drift to correct.
         self._seen: dict[str, str] = {}
         self._phases: dict[str, str] = {}
+        # The status this operator last wrote, per resource: it is the only status writer, and
+        # a body handed in by a watch event can predate that write.
+        self._written: dict[str, Obj] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
@@ -105,6 +108,7 @@ class Reconciler:
         """Drop per-resource memory after the ModelDeployment is gone."""
         with self._locks_guard:
             self._locks.pop(uid, None)
+        self._written.pop(uid, None)
         if self._phases.pop(uid, None) is not None:
             self._update_phase_gauge()
 
@@ -197,11 +201,13 @@ class Reconciler:
             selector=render.selector_string(owner),
             url=render.service_url(owner, self.settings.cluster_domain),
         )
-        previous = body.get("status") or {}
+        written = self._written.get(uid)
+        previous = written if written is not None else body.get("status") or {}
         new_status, transitions = status.compute_status(observed, previous, self.clock())
         outcome.phase = new_status["phase"]
         if status.status_differs(previous, new_status):
             self.kube.apply_status(namespace, name, new_status)
+            self._written[uid] = new_status
             metrics.WRITES.labels(kind=api.KIND, verb="apply-status").inc()
             outcome.status_written = True
             outcome.transitions = transitions

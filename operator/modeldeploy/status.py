@@ -119,6 +119,18 @@ def _deployment_condition(deployment: Mapping[str, Any], type_: str) -> Mapping[
     return {}
 
 
+def desired_replicas(spec: api.ModelDeploymentSpec | None, deployment: Mapping[str, Any]) -> int:
+    """Replicas wanted now: the Deployment's, kept within the autoscaler's bounds.
+
+    Right after creation the Deployment asks for 1 replica until the HPA raises it to
+    minReplicas; the resource is not Ready before that.
+    """
+    replicas = _int((deployment.get("spec") or {}).get("replicas", 1))
+    if spec is not None and spec.autoscaling is not None and not spec.suspend:
+        return min(max(replicas, spec.autoscaling.min_replicas), spec.autoscaling.max_replicas)
+    return replicas
+
+
 def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noqa: PLR0911
     if observed.spec is None:
         message = observed.spec_error or "invalid spec"
@@ -134,9 +146,8 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
             ready=("False", "Creating", "creating the model server Deployment"),
             reconciling=("True", "Creating", "creating the model server Deployment"),
         )
-    spec_ = dep.get("spec") or {}
     st = dep.get("status") or {}
-    desired = _int(spec_.get("replicas", 1))
+    desired = desired_replicas(observed.spec, dep)
     replicas, updated = _int(st.get("replicas")), _int(st.get("updatedReplicas"))
     available = _int(st.get("availableReplicas"))
     counts = f"{updated}/{desired} updated, {available}/{desired} available"
@@ -209,6 +220,15 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
     )
 
 
+def _meaningful(type_: str, status: str, old: Mapping[str, Any] | None) -> bool:
+    """Ready changing (not its first False), or Stalled becoming True or clearing: worth an Event."""
+    if type_ == READY:
+        return old is not None or status == "True"
+    if type_ == STALLED:
+        return status == "True" or old is not None
+    return False
+
+
 def merge_conditions(
     previous: Sequence[Mapping[str, Any]],
     wanted: Mapping[str, tuple[str, str, str]],
@@ -234,7 +254,7 @@ def merge_conditions(
                 "observedGeneration": generation,
             }
         )
-        if changed and not (old is None and status == "False" and type_ in (STALLED, RECONCILING)):
+        if changed and _meaningful(type_, status, old):
             transitions.append(Transition(type_, status, reason, message))
     return out, transitions
 
@@ -246,8 +266,7 @@ def compute_status(
     previous = previous or {}
     verdict = _verdict(observed, previous.get("phase"))
     dep_status = (observed.deployment or {}).get("status") or {}
-    dep_spec = (observed.deployment or {}).get("spec") or {}
-    desired = _int(dep_spec.get("replicas", 1)) if observed.deployment else 0
+    desired = desired_replicas(observed.spec, observed.deployment) if observed.deployment else 0
     ready_replicas = _int(dep_status.get("readyReplicas"))
     available = _int(dep_status.get("availableReplicas"))
 

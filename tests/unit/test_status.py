@@ -71,7 +71,9 @@ def test_ready_when_every_replica_is_updated_and_available() -> None:
     assert all(c["observedGeneration"] == 4 for c in result["conditions"])
     assert result["replicaSummary"] == "3/3"
     assert result["model"] == {"uri": "file:///m.joblib", "version": "7"}
-    assert {t.type for t in transitions} == {"Ready", "Available"}
+    assert [(t.type, t.status) for t in transitions] == [("Ready", "True")], (
+        "Events only for what matters"
+    )
 
 
 def test_creating_before_the_deployment_exists() -> None:
@@ -147,6 +149,19 @@ def test_pod_failure_with_termination_message_is_stalled_with_its_reason() -> No
     result, _ = status.compute_status(observe(dep, pod_failure=failure), None, NOW)
     assert conditions(result)["Stalled"]["reason"] == "ModelLoadFailed"
     assert "digest mismatch" in conditions(result)["Ready"]["message"]
+
+
+def test_autoscaled_resource_is_not_ready_below_min_replicas() -> None:
+    spec = api.parse_spec(
+        {"model": {"uri": "file:///m"}, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}
+    )
+    one = deployment(replicas=1, ready=1, updated=1, available=1, desired=1)
+    result, _ = status.compute_status(observe(one, spec), None, NOW)
+    assert result["desiredReplicas"] == 2
+    assert conditions(result)["Ready"]["status"] == "False"
+    two = deployment(replicas=2, ready=2, updated=2, available=2, desired=2)
+    result, _ = status.compute_status(observe(two, spec), result, LATER)
+    assert conditions(result)["Ready"]["status"] == "True"
 
 
 def test_healthy_pods_have_no_failure() -> None:
