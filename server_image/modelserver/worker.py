@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import warnings
+from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
@@ -21,8 +22,9 @@ from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
 from modelserver.errors import ModelLoadError
 from modelserver.httpserver import HttpServer, Router
-from modelserver.metrics import Metrics
+from modelserver.metrics import FLUSH_INTERVAL_SECONDS, Metrics
 from modelserver.readiness import Readiness
+from modelserver.runtime import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,10 @@ def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
     return uvloop.run(_serve(config, index, readiness))
 
 
-async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
-    loop = asyncio.get_running_loop()
+def _build(
+    config: ServeConfig, loop: asyncio.AbstractEventLoop, readiness: Readiness
+) -> tuple[Metrics, DataPlane, HttpServer]:
+    """The worker's parts, each knowing only the ones below it: HTTP -> data plane -> metrics."""
     metrics = Metrics(config.model_name)
     plane = DataPlane(
         loop,
@@ -78,6 +82,12 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
         keepalive_timeout=config.keepalive_timeout_seconds,
         log_requests=config.access_log,
     )
+    return metrics, plane, http
+
+
+async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
+    loop = asyncio.get_running_loop()
+    metrics, plane, http = _build(config, loop, readiness)
     try:
         sock = listening_socket(config.host, config.port, shared=config.workers > 1)
     except OSError as error:
@@ -86,6 +96,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
         termination.write_reason(reason, config.termination_log)
         return EXIT_BIND_FAILED
     server = await loop.create_server(http.new_connection, sock=sock, backlog=2048)
+    flushing = _Every(loop, FLUSH_INTERVAL_SECONDS, metrics.flush)
 
     stop = asyncio.Event()
     drain_delay = config.drain_delay_seconds
@@ -112,28 +123,19 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     if loading.done():
         try:
             model = loading.result()
-        except ModelLoadError as error:
-            reason = f"model load failed: {error}"
+        except Exception as error:
+            detail = str(error) if isinstance(error, ModelLoadError) else repr(error)
+            reason = f"model load failed: {detail}"
             log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
             termination.write_reason(reason, config.termination_log)
             server.close()
             stopping.cancel()
+            flushing.cancel()
             return EXIT_LOAD_FAILED
         plane.set_runtime(model)
         _settle(config.workers)
         readiness.mark_loaded(index)
-        info = model.info
-        log.info(
-            "model loaded",
-            extra={
-                "model": config.model_name,
-                "model_class": info.model_class,
-                "n_features_in": info.n_features,
-                "load_seconds": round(info.load_seconds, 4),
-                "sha256": info.sha256,
-                "worker": index,
-            },
-        )
+        _log_loaded(config.model_name, index, model.info)
     await stopping
 
     log.info("draining", extra={"worker": index, "delay_seconds": drain_delay})
@@ -142,10 +144,47 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     server.close()
     http.shutdown()
     clean = await http.wait_closed(config.graceful_timeout_seconds)
+    flushing.cancel()
+    metrics.flush()
     if not loading.done():
         log.info("stopped before the model was loaded", extra={"worker": index})
     log.info("stopped", extra={"worker": index, "clean": clean})
     return EXIT_OK
+
+
+def _log_loaded(name: str, index: int, info: ModelInfo) -> None:
+    log.info(
+        "model loaded",
+        extra={
+            "model": name,
+            "model_class": info.model_class,
+            "n_features_in": info.n_features,
+            "load_seconds": round(info.load_seconds, 4),
+            "sha256": info.sha256,
+            "worker": index,
+        },
+    )
+
+
+class _Every:
+    """Calls `action` every `seconds` on the loop until cancelled."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seconds: float, action: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._seconds = seconds
+        self._action = action
+        self._handle = loop.call_later(seconds, self._run)
+
+    def _run(self) -> None:
+        try:
+            self._action()
+        finally:
+            self._handle = self._loop.call_later(self._seconds, self._run)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _settle(workers: int) -> None:

@@ -14,7 +14,9 @@ from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body,
 
 
 def _batch_counts(port: int) -> tuple[float, float, float]:
-    """Predict calls, rows over all calls, and calls with a single row, from /metrics."""
+    """Predict calls, rows over all calls, and calls with a single row, from /metrics (after the
+    half second in which every worker publishes its counts)."""
+    time.sleep(0.6)
     text = request(port, "GET", "/metrics").body.decode()
 
     def value(pattern: str) -> float:
@@ -105,7 +107,8 @@ def test_a_lone_request_does_not_wait_for_a_batch(
 def test_requests_on_fresh_connections_are_counted_once_by_all_workers(
     iris_server: ServerProcess, models: Models
 ) -> None:
-    """The iris server has two workers; /metrics sums them whichever worker answers."""
+    """The iris server has two workers; /metrics sums them whichever worker answers (each worker
+    publishes its counts at least every half second)."""
 
     def total() -> float:
         text = request(iris_server.port, "GET", "/metrics").body.decode()
@@ -121,5 +124,8 @@ def test_requests_on_fresh_connections_are_counted_once_by_all_workers(
         row = IRIS_X[index : index + 1]
         response = post_json(iris_server.port, "/v1/models/iris:predict", v1_body(row))
         assert response.json() == {"predictions": models.iris.predict(row).tolist()}
+    deadline = time.monotonic() + 5
+    while total() - before < 30 and time.monotonic() < deadline:
+        time.sleep(0.1)
     for _ in range(5):
         assert total() - before == 30

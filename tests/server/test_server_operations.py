@@ -71,6 +71,7 @@ def test_metrics_expose_requests_latency_batches_queue_and_load_time(
     iris_server: ServerProcess,
 ) -> None:
     post_json(iris_server.port, "/v2/models/iris/infer", {"inputs": []})
+    time.sleep(0.6)  # every worker publishes its counts at least every half second
     response = request(iris_server.port, "GET", "/metrics")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/plain")
