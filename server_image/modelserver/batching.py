@@ -154,10 +154,12 @@ class Batcher:
 
 
 def _deliver(job: Job, result: np.ndarray) -> None:
+    """Hands a job its rows; a failure to encode them still answers the client (500)."""
     try:
         job.done(result)
-    except Exception:
+    except Exception as error:
         log.exception("delivering a prediction failed")
+        job.fail(InternalError(f"could not encode the prediction: {type(error).__name__}"))
 
 
 def _input_error(error: Exception) -> RequestError:

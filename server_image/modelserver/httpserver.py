@@ -23,6 +23,7 @@ from modelserver.dataplane import DataPlane, Reply, Respond, error_reply
 from modelserver.errors import (
     BadRequestError,
     HeadersTooLargeError,
+    InternalError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -408,7 +409,13 @@ class Connection(asyncio.Protocol):
                 )
                 return
             header_length = int(self._inference_header)
-        self._router.dispatch(exchange.method, path, body, header_length, exchange.respond)
+        try:
+            self._router.dispatch(exchange.method, path, body, header_length, exchange.respond)
+        except Exception:
+            # A bug must cost one request, not the connection: answer 500 and go on.
+            log.exception("request failed", extra={"request_id": _text(exchange.request_id)})
+            if exchange.data is None:
+                exchange.respond(error_reply(InternalError("internal server error")))
 
     # -- writing ------------------------------------------------------------------------------
 
