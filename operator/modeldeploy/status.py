@@ -221,7 +221,7 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
 
 
 def _meaningful(type_: str, status: str, old: Mapping[str, Any] | None) -> bool:
-    """Ready changing (not its first False), or Stalled becoming True or clearing: worth an Event."""
+    """Ready changing (not its first False), Stalled becoming True or clearing: an Event."""
     if type_ == READY:
         return old is not None or status == "True"
     if type_ == STALLED:
