@@ -292,7 +292,7 @@ def servers(
             models.path("batching.joblib"),
             tmp,
             workers=2,
-            args=("--max-batch-wait-ms", "5"),
+            args=("--max-batch-wait-ms", "100"),
         ),
     }
     try:

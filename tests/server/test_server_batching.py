@@ -79,7 +79,7 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(
 def test_a_lone_request_does_not_wait_for_a_batch(
     servers: dict[str, ServerProcess], models: Models
 ) -> None:
-    """The batching server may wait up to 5 ms to fill a batch; sequential requests never do."""
+    """The batching server may wait up to 100 ms to fill a batch; sequential requests never do."""
     port = servers["batching"].port
     calls_before, _, singles_before = _batch_counts(port)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -100,8 +100,8 @@ def test_a_lone_request_does_not_wait_for_a_batch(
     calls_after, _, singles_after = _batch_counts(port)
     assert calls_after - calls_before == 21
     assert singles_after - singles_before == 21
-    # 10 ms of model time each; a batching wait would show up as a constant extra.
-    assert sorted(durations)[10] < 0.010 + 0.004, durations
+    # 10 ms of model time each; a batching wait would add 100 ms to each.
+    assert sorted(durations)[10] < 0.010 + 0.050, durations
 
 
 def test_requests_on_fresh_connections_are_counted_once_by_all_workers(

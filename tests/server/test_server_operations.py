@@ -71,6 +71,7 @@ def test_metrics_expose_requests_latency_batches_queue_and_load_time(
     iris_server: ServerProcess,
 ) -> None:
     post_json(iris_server.port, "/v2/models/iris/infer", {"inputs": []})
+    post_json(iris_server.port, "/v1/models/iris:predict", v1_body(IRIS_X[:1]))
     time.sleep(0.6)  # every worker publishes its counts at least every half second
     response = request(iris_server.port, "GET", "/metrics")
     assert response.status == 200
