@@ -362,3 +362,22 @@ def test_suspend_scales_to_zero_and_back(models: Models) -> None:
     models.patch_spec("nap", {"suspend": False})
     body = models.wait_condition("nap", "Ready")
     assert body["status"]["readyReplicas"] == 2
+
+
+def test_kubectl_scale_uses_the_scale_subresource(
+    cluster: localcluster.Cluster, models: Models
+) -> None:
+    models.create("scaly", {"model": FILE_MODEL, "replicas": 1})
+    models.wait_condition("scaly", "Ready")
+    cluster.kubectl("scale", "-n", models.namespace, "mdep/scaly", "--replicas=3")
+    body = models.wait_condition("scaly", "Ready", timeout=30)
+    assert body["spec"]["replicas"] == 3
+    assert body["status"]["readyReplicas"] == 3
+    scale = models.custom.get_namespaced_custom_object_scale(
+        api.GROUP, api.VERSION, models.namespace, api.PLURAL, "scaly"
+    )
+    assert scale["status"]["replicas"] == 3
+    assert (
+        scale["status"]["selector"]
+        == "app.kubernetes.io/instance=scaly,app.kubernetes.io/name=modelserver"
+    )
