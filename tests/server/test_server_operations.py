@@ -83,7 +83,7 @@ def test_metrics_expose_requests_latency_batches_queue_and_load_time(
         r'modelserver_batch_size_bucket\{le="1.0",model="iris"\}',
         r'modelserver_predict_duration_seconds_count\{model="iris"\}',
         r'modelserver_queue_depth\{model="iris"\} 0.0',
-        r'modelserver_model_load_seconds\{model="iris"\} 0\.\d+',
+        r'modelserver_model_load_seconds\{model="iris"\} [0-9.]+(e-?\d+)?\n',
     ):
         assert re.search(pattern, text), pattern
 
