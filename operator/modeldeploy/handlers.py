@@ -71,7 +71,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = 8
-    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30]
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port)
     memo.reconciler = Reconciler(Kube(operator_settings), operator_settings)
