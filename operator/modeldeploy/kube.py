@@ -199,25 +199,21 @@ class Kube:
 
     # --- reads --------------------------------------------------------------------------
 
-    def get(self, kind: ChildKind, namespace: str, name: str) -> Obj | None:
+    def _get(self, path: str, kind: str) -> Obj | None:
         try:
-            return self._call(
-                "GET", _path(kind.api_version, kind.plural, namespace, name), kind=kind.kind
-            )
+            return self._call("GET", path, kind=kind)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
+    def get(self, kind: ChildKind, namespace: str, name: str) -> Obj | None:
+        """A child, or None when it does not exist."""
+        return self._get(_path(kind.api_version, kind.plural, namespace, name), kind.kind)
+
     def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._call(
-                "GET", _path(api.API_VERSION, api.PLURAL, namespace, name), kind=api.KIND
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        """A ModelDeployment, or None when it does not exist."""
+        return self._get(_path(api.API_VERSION, api.PLURAL, namespace, name), api.KIND)
 
     def list_pods(self, namespace: str, selector: str, limit: int = 20) -> list[Obj]:
         """Pods matching ``selector`` (bounded: only read to explain a stuck rollout)."""

@@ -227,3 +227,25 @@ class Models:
             if error.status == 404:
                 return None
             raise
+
+
+def children(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, list[Any]]:
+    """The objects of each child kind labelled as belonging to ModelDeployment ``name``."""
+    selector = f"app.kubernetes.io/instance={name}"
+    return {
+        "Deployment": client.AppsV1Api(api_client)
+        .list_namespaced_deployment(namespace, label_selector=selector)
+        .items,
+        "Service": client.CoreV1Api(api_client)
+        .list_namespaced_service(namespace, label_selector=selector)
+        .items,
+        "HorizontalPodAutoscaler": client.AutoscalingV2Api(api_client)
+        .list_namespaced_horizontal_pod_autoscaler(namespace, label_selector=selector)
+        .items,
+        "NetworkPolicy": client.NetworkingV1Api(api_client)
+        .list_namespaced_network_policy(namespace, label_selector=selector)
+        .items,
+        "PodDisruptionBudget": client.PolicyV1Api(api_client)
+        .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
+        .items,
+    }

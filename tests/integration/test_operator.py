@@ -20,6 +20,7 @@ from .operator_support import (
     ROOT,
     SERVER_IMAGE,
     Models,
+    children,
     crd_installed,  # noqa: F401 - fixture
     operator,  # noqa: F401 - fixture
     operator_kubeconfig,  # noqa: F401 - fixture
@@ -40,27 +41,6 @@ def models(api_client: client.ApiClient, namespace: str) -> Models:
     return Models(api_client, namespace)
 
 
-def _children(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    selector = f"app.kubernetes.io/instance={name}"
-    return {
-        "Deployment": client.AppsV1Api(api_client)
-        .list_namespaced_deployment(namespace, label_selector=selector)
-        .items,
-        "Service": client.CoreV1Api(api_client)
-        .list_namespaced_service(namespace, label_selector=selector)
-        .items,
-        "HorizontalPodAutoscaler": client.AutoscalingV2Api(api_client)
-        .list_namespaced_horizontal_pod_autoscaler(namespace, label_selector=selector)
-        .items,
-        "NetworkPolicy": client.NetworkingV1Api(api_client)
-        .list_namespaced_network_policy(namespace, label_selector=selector)
-        .items,
-        "PodDisruptionBudget": client.PolicyV1Api(api_client)
-        .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
-        .items,
-    }
-
-
 def _samples() -> list[dict[str, Any]]:
     return [
         yaml.safe_load(path.read_text())
@@ -79,13 +59,13 @@ def test_samples_become_ready_with_every_child_owned_and_labelled(
         assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
         assert body["status"]["phase"] == "Ready"
         assert body["status"]["url"] == f"http://{name}.{namespace}.svc.cluster.local"
-        children = _children(api_client, namespace, name)
+        kids = children(api_client, namespace, name)
         expected = {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"}
         if "autoscaling" in sample["spec"]:
             expected.add("HorizontalPodAutoscaler")
-        assert {kind for kind, items in children.items() if items} == expected, name
+        assert {kind for kind, items in kids.items() if items} == expected, name
         for kind in expected:
-            (child,) = children[kind]
+            (child,) = kids[kind]
             assert child.metadata.name == name
             assert LABELS.items() <= child.metadata.labels.items(), kind
             (ref,) = child.metadata.owner_references
@@ -95,7 +75,7 @@ def test_samples_become_ready_with_every_child_owned_and_labelled(
                 body["metadata"]["uid"],
                 True,
             )
-        deployment = children["Deployment"][0]
+        deployment = kids["Deployment"][0]
         assert deployment.spec.template.spec.containers[0].image == SERVER_IMAGE
         assert body["status"]["readyReplicas"] == deployment.status.ready_replicas
     waited = cluster.kubectl(
@@ -313,11 +293,11 @@ def test_deleting_the_resource_garbage_collects_every_child(
 ) -> None:
     models.create("gone", {"model": FILE_MODEL, "autoscaling": {"maxReplicas": 3}})
     models.wait_condition("gone", "Ready")
-    assert all(_children(api_client, namespace, "gone").values())
+    assert all(children(api_client, namespace, "gone").values())
     models.delete("gone")
     wait_for(
         "children garbage-collected",
-        lambda: not any(_children(api_client, namespace, "gone").values()),
+        lambda: not any(children(api_client, namespace, "gone").values()),
         timeout=60,
     )
 

@@ -8,6 +8,7 @@ from kubernetes import client
 
 from .operator_support import (
     Models,
+    children,
     crd_installed,  # noqa: F401 - fixture
     operator_kubeconfig,  # noqa: F401 - fixture
     running_operator,
@@ -18,29 +19,7 @@ MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
 
 
 def _count(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, int]:
-    selector = f"app.kubernetes.io/instance={name}"
-    return {
-        "Deployment": len(
-            client.AppsV1Api(api_client)
-            .list_namespaced_deployment(namespace, label_selector=selector)
-            .items
-        ),
-        "Service": len(
-            client.CoreV1Api(api_client)
-            .list_namespaced_service(namespace, label_selector=selector)
-            .items
-        ),
-        "PodDisruptionBudget": len(
-            client.PolicyV1Api(api_client)
-            .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
-            .items
-        ),
-        "NetworkPolicy": len(
-            client.NetworkingV1Api(api_client)
-            .list_namespaced_network_policy(namespace, label_selector=selector)
-            .items
-        ),
-    }
+    return {kind: len(items) for kind, items in children(api_client, namespace, name).items()}
 
 
 def test_operator_restart_converges_without_duplicates(
@@ -77,6 +56,7 @@ def test_operator_restart_converges_without_duplicates(
             assert _count(api_client, namespace, name) == {
                 "Deployment": 1,
                 "Service": 1,
+                "HorizontalPodAutoscaler": 0,
                 "PodDisruptionBudget": 1,
                 "NetworkPolicy": 1,
             }
