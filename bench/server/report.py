@@ -58,10 +58,13 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for members in groups.values():
         row: dict[str, Any] = {k: members[0][k] for k in KEY}
         row["rounds"] = len(members)
-        for name, value in members[0].items():
-            if name in KEY or name in ("round", "invalid") or not isinstance(value, int | float):
+        for name in members[0]:
+            if name in KEY or name in ("round", "invalid"):
                 continue
-            values = [m[name] for m in members]
+            values = [m[name] for m in members if isinstance(m.get(name), int | float)]
+            if not values:
+                row[name] = None
+                continue
             row[name] = sum(values) if name in SUMMED else statistics.median(values)
         if any("invalid" in m for m in members):
             row["invalid"] = members[0].get("invalid", "invalid")
@@ -114,6 +117,7 @@ def ratios(
                         "rps": _div(ours["rps"], theirs["rps"]),
                         "p50": _div(ours["p50_ms"], theirs["p50_ms"]),
                         "p99": _div(ours["p99_ms"], theirs["p99_ms"]),
+                        "per_core": _div(ours.get("rps_per_core"), theirs.get("rps_per_core")),
                     }
                 )
     return out
@@ -130,6 +134,7 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
         "p99 ms",
         "errors",
         "srv cores",
+        "req/core-s",
         "other cores",
     ]
     rows = [
@@ -143,6 +148,7 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
             fmt(r["p99_ms"], 2),
             str(r["errors"]) + (" (invalid)" if "invalid" in r else ""),
             fmt(r["server_cpu_cores"], 2),
+            fmt(r.get("rps_per_core"), 0),
             fmt(r["other_cpu_cores"], 2),
         ]
         for r in runs
@@ -151,7 +157,16 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
 
 
 def ratios_table(rows_in: list[dict[str, Any]]) -> str:
-    headers = ["model", "scenario", "vs", "proto", "req/s ratio", "p50 ratio", "p99 ratio"]
+    headers = [
+        "model",
+        "scenario",
+        "vs",
+        "proto",
+        "req/s ratio",
+        "p50 ratio",
+        "p99 ratio",
+        "per-core ratio",
+    ]
     rows = [
         [
             r["model"],
@@ -161,6 +176,7 @@ def ratios_table(rows_in: list[dict[str, Any]]) -> str:
             fmt_ratio(r["rps"]),
             fmt_ratio(r["p50"]),
             fmt_ratio(r["p99"]),
+            fmt_ratio(r.get("per_core")),
         ]
         for r in rows_in
     ]

@@ -212,6 +212,9 @@ def measure(
         "errors_status": res.errors_status,
         "errors_socket": res.errors_socket,
         "server_cpu_cores": server_cpu / wall,
+        # Answers per CPU-second of the server: how much work one answer costs it,
+        # which moves much less than req/s when other work takes CPU away.
+        "rps_per_core": res.ok_rps * wall / server_cpu if server_cpu > 0 else None,
         "wrk_cpu_cores": res.wrk_cpu_s / wall,
         "other_cpu_cores": max(other, 0.0) / wall,
         "loadavg_1m_after": os.getloadavg()[0],
