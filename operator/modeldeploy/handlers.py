@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from modeldeploy import api, kube, render
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Outcome, Reconciler
+from modeldeploy.requeue import Requeue
 from modeldeploy.settings import Settings, load_settings
 
 logger = logging.getLogger("modeldeploy.handlers")
@@ -29,6 +30,8 @@ logger = logging.getLogger("modeldeploy.handlers")
 DOMAIN = "modeldeploy.io"
 CHILD_LABELS = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 RETRY_DELAY_SECONDS = 5
+# Phases in which nothing will change without a new event: no re-check needed.
+SETTLED_PHASES = {"Ready", "Suspended", "Failed"}
 
 # Set by configure() (from __main__) or on start-up from the environment (kopf run -m ...).
 _settings: Settings | None = None
@@ -75,6 +78,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port)
     memo.reconciler = Reconciler(Kube(operator_settings), operator_settings)
+    memo.requeue = Requeue()
     logger.info(
         "operator started: image=%s namespaces=%s field_manager=%s",
         operator_settings.server_image,
@@ -85,6 +89,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    requeue: Requeue | None = memo.get("requeue")
+    if requeue is not None:
+        requeue.stop()
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
         reconciler.kube.close()
@@ -111,7 +118,30 @@ def _api_message(error: ApiException) -> str:
     return str(message or error.reason)
 
 
-def _run(reconciler: Reconciler, body: Any, *, apply_children: bool, trigger: str) -> None:
+def _recheck(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Re-read an unsettled resource and recompute its status (pods may be failing)."""
+    reconciler: Reconciler = memo.reconciler
+    try:
+        parent = reconciler.kube.get_model_deployment(namespace, name)
+        if parent is not None and not parent["metadata"].get("deletionTimestamp"):
+            _run(memo, parent, apply_children=False, trigger="recheck")
+    except (ApiException, kopf.TemporaryError) as error:
+        logger.warning("re-check of %s/%s failed: %s", namespace, name, error)
+
+
+def _follow_up(memo: kopf.Memo, body: Any, outcome: Outcome) -> None:
+    """Settled resources get no timer; progressing ones are looked at again later."""
+    requeue: Requeue = memo.requeue
+    key = body["metadata"]["uid"]
+    if outcome.phase in SETTLED_PHASES:
+        requeue.settle(key)
+    else:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        requeue.schedule(key, lambda: _recheck(memo, namespace, name))
+
+
+def _run(memo: kopf.Memo, body: Any, *, apply_children: bool, trigger: str) -> None:
+    reconciler: Reconciler = memo.reconciler
     try:
         outcome = reconciler.reconcile(dict(body), apply_children=apply_children, trigger=trigger)
     except ApiException as error:
@@ -121,6 +151,7 @@ def _run(reconciler: Reconciler, body: Any, *, apply_children: bool, trigger: st
             f"Kubernetes API error {error.status}: {_api_message(error)}", delay=RETRY_DELAY_SECONDS
         ) from error
     _post_events(body, outcome)
+    _follow_up(memo, body, outcome)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
@@ -128,13 +159,14 @@ def _run(reconciler: Reconciler, body: Any, *, apply_children: bool, trigger: st
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
 def reconcile_model_deployment(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
     """Full reconcile. Returns nothing: kopf would store a return value in status."""
-    _run(memo.reconciler, body, apply_children=True, trigger=str(reason))
+    _run(memo, body, apply_children=True, trigger=str(reason))
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
 def forget_model_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Drop in-memory state; optional=True so no finalizer is ever added."""
     memo.reconciler.forget(body["metadata"]["uid"])
+    memo.requeue.settle(body["metadata"]["uid"])
 
 
 def _owner_name(body: kopf.Body) -> str | None:
@@ -167,7 +199,7 @@ def on_child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: 
     if not drifted and body.get("kind") != "Deployment":
         return  # status-only noise of a child whose status the operator does not report
     try:
-        _run(reconciler, parent, apply_children=drifted, trigger="drift" if drifted else "child")
+        _run(memo, parent, apply_children=drifted, trigger="drift" if drifted else "child")
     except kopf.TemporaryError as error:
         logger.warning("reconcile of %s/%s after a child event failed: %s", namespace, owner, error)
 
