@@ -268,6 +268,7 @@ def _v2_metadata(
             "format": info.format,
             "sha256": "sha256:" + info.sha256,
             "load_seconds": round(info.load_seconds, 6),
+            "fast_path": info.fast_path,
             "versions": info.versions,
         },
     }

@@ -23,7 +23,7 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from modelserver import digest, runtime
+from modelserver import digest, forest, runtime
 from modelserver.errors import ModelLoadError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -182,6 +182,9 @@ def load(
     load_seconds = time.perf_counter() - started
     model_class, n_features, classes, classifier, methods = runtime.describe(estimator)
     dtypes, shapes = runtime.warm_up(estimator, n_features, methods)
+    fast = forest.for_estimator(estimator)
+    if fast is not None and not forest.verified(fast, estimator):
+        fast = None
     info = runtime.ModelInfo(
         model_class=model_class,
         n_features=n_features,
@@ -195,5 +198,6 @@ def load(
         versions=library_versions(model_format),
         output_dtypes=dtypes,
         output_shapes=shapes,
+        fast_path=fast is not None,
     )
-    return runtime.SklearnRuntime(estimator, info)
+    return runtime.SklearnRuntime(estimator, info, fast)

@@ -160,6 +160,7 @@ def _log_loaded(name: str, index: int, info: ModelInfo) -> None:
             "model_class": info.model_class,
             "n_features_in": info.n_features,
             "load_seconds": round(info.load_seconds, 4),
+            "fast_path": info.fast_path,
             "sha256": info.sha256,
             "worker": index,
         },

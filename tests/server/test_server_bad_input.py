@@ -8,6 +8,7 @@ import json
 import socket
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
 
@@ -124,6 +125,36 @@ def test_malformed_http_gets_400_and_the_server_keeps_serving(
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"malformed HTTP request" in answer
+    _assert_still_serving(iris_server.port, models)
+
+
+def test_non_finite_binary_values_are_refused_by_the_model(
+    iris_server: ServerProcess, models: Models
+) -> None:
+    """JSON cannot carry NaN, binary tensors can; the pipeline's own validation refuses it."""
+    rows = np.array([[5.0, 3.0, np.nan, 0.2]])
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [1, 4],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    response = request(
+        iris_server.port,
+        "POST",
+        V2,
+        header + rows.astype("<f8").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status == 400
+    assert "the model rejected the input" in response.json()["error"]
+    assert "NaN" in response.json()["error"]
     _assert_still_serving(iris_server.port, models)
 
 

@@ -115,7 +115,10 @@ def test_string_labels_come_back_as_bytes_tensors(
     assert v2["outputs"][0]["datatype"] == "BYTES"
     assert v2["outputs"][0]["data"] == expected
     proba = post_json(port, "/v1/models/flowers:predict", v1_body(ROWS, proba=True)).json()
-    np.testing.assert_allclose(proba["predictions"], models.forest.predict_proba(ROWS))
+    np.testing.assert_array_equal(proba["predictions"], models.forest.predict_proba(ROWS))
+    metadata = request(port, "GET", "/v2/models/flowers").json()
+    assert metadata["outputs"][0]["datatype"] == "BYTES"
+    assert metadata["parameters"]["fast_path"] is True
 
 
 def test_regressor_returns_values_and_refuses_probabilities(

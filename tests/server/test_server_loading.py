@@ -6,12 +6,21 @@ import pickle
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pytest
 import sklearn
 from conftest import IRIS_X, Models, ServerProcess, digest_of
+from sklearn.base import is_classifier
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 
 from modelserver import loader
 from modelserver.errors import ModelLoadError
@@ -154,3 +163,50 @@ def test_port_in_use_is_reported(models: Models, tmp_path: Path) -> None:
         server.start()
         assert server.wait_exit(timeout=60) == 1
     assert "cannot listen on 127.0.0.1" in server.termination_log.read_text()
+
+
+@pytest.mark.parametrize(
+    "forest",
+    [
+        RandomForestClassifier(n_estimators=30, random_state=0),
+        ExtraTreesClassifier(n_estimators=20, random_state=0, n_jobs=2),
+        RandomForestRegressor(n_estimators=20, random_state=0),
+        ExtraTreesRegressor(n_estimators=10, random_state=0),
+    ],
+    ids=lambda forest: type(forest).__name__,
+)
+def test_forests_get_a_fast_path_with_exactly_sklearns_answers(forest: Any, tmp_path: Path) -> None:
+    if is_classifier(forest):
+        features, target = IRIS_X, load_iris().target_names[load_iris().target]
+    else:
+        features, target = load_diabetes(return_X_y=True)
+    forest.fit(features, target)
+    joblib.dump(forest, tmp_path / "forest.joblib")
+    model = loader.load(str(tmp_path / "forest.joblib"), "joblib", None)
+    assert model.info.fast_path
+    rng = np.random.default_rng(0)
+    rows = features[rng.integers(0, len(features), 300)] + rng.normal(
+        0, 0.05, (300, features.shape[1])
+    )
+    for method in model.info.methods:
+        for batch in (rows[:1], rows[:7], rows):
+            got = model.run(method, batch)
+            expected = getattr(forest, method)(batch)
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_forest_fast_path_leaves_non_finite_input_to_sklearn(models: Models) -> None:
+    """scikit-learn routes NaN down the trees and rejects infinity; the fast path does neither."""
+    model = loader.load(str(models.path("forest.joblib")), "joblib", None)
+    assert model.info.fast_path
+    rows = IRIS_X[:2].copy()
+    rows[1, 2] = np.nan
+    np.testing.assert_array_equal(model.run("predict", rows), models.forest.predict(rows))
+    rows[1, 2] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        model.run("predict", rows)
+
+
+def test_pipelines_and_other_models_have_no_fast_path(models: Models) -> None:
+    assert not loader.load(str(models.path("iris.joblib")), "joblib", None).info.fast_path
