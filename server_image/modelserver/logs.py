@@ -41,3 +41,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    # Library warnings (joblib, scikit-learn) become JSON lines too, not raw stderr text.
+    logging.captureWarnings(True)
