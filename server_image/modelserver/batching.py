@@ -8,7 +8,7 @@ in the socket buffers, and the next flush takes all of them at once.
 When to flush: a lone request (the last flush held one request) is run at the next loop turn, so
 concurrency 1 pays no wait. Under concurrency, the batcher waits until as many requests as in the
 last flush have arrived, or at most `max_wait` seconds after the first one, whichever is first. A
-flush never holds more than `max_batch_size` rows (a larger single request runs alone).
+flush never holds more than `max_batch_size` rows; a larger single request runs alone, in a thread.
 """
 
 from __future__ import annotations
@@ -128,6 +128,9 @@ class Batcher:
 
     def _run(self, method: str, jobs: list[Job], rows: int) -> None:
         started = time.perf_counter()
+        if len(jobs) == 1 and rows > self._max_batch_size:
+            self._run_in_thread(method, jobs[0], started)
+            return
         if len(jobs) == 1:
             job = jobs[0]
             try:
@@ -151,6 +154,21 @@ class Batcher:
             end = offset + len(job.x)
             _deliver(job, result[offset:end])
             offset = end
+
+    def _run_in_thread(self, method: str, job: Job, started: float) -> None:
+        """A request larger than a batch may take long: it runs in a thread, so that the loop
+        keeps answering health probes and smaller requests meanwhile."""
+
+        def finished(future: asyncio.Future[np.ndarray]) -> None:
+            error = future.exception()
+            if error is not None:
+                job.fail(_input_error(error if isinstance(error, Exception) else Exception(error)))
+                return
+            self._observe_batch(len(job.x), time.perf_counter() - started)
+            _deliver(job, future.result())
+
+        future = self._loop.run_in_executor(None, self._runner, method, job.x)
+        future.add_done_callback(finished)
 
 
 def _deliver(job: Job, result: np.ndarray) -> None:

@@ -179,6 +179,10 @@ class DataPlane:
             raise UnavailableError(f"model {name!r} is not loaded yet")
         return Reply(200, self._v2_metadata)
 
+    def models_v1(self) -> Reply:
+        """KServe V1 model list."""
+        return Reply(200, codec.dumps({"models": [self.model_name]}))
+
     def model_status_v1(self, name: str) -> Reply:
         """KServe V1 model status `{"name": ..., "ready": ...}`."""
         self._check_name(name)

@@ -129,3 +129,28 @@ def test_requests_on_fresh_connections_are_counted_once_by_all_workers(
         time.sleep(0.1)
     for _ in range(5):
         assert total() - before == 30
+
+
+def test_a_request_larger_than_a_batch_runs_beside_the_loop(
+    servers: dict[str, ServerProcess], models: Models
+) -> None:
+    """The slow server batches at most one row and predicts for 0.25 s: a two-row request runs in
+    a thread, and the server answers probes meanwhile."""
+    port = servers["slow"].port
+    rows = IRIS_X[[5, 140]]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(post_json, port, "/v1/models/iris:predict", v1_body(rows))
+        time.sleep(0.08)
+        started = time.perf_counter()
+        assert request(port, "GET", "/v2/health/live").status == 200
+        probe_seconds = time.perf_counter() - started
+        assert not big.done()
+        answer = big.result(timeout=10)
+    assert answer.json() == {"predictions": models.slow.predict(rows).tolist()}
+    assert probe_seconds < 0.15
+
+
+def test_big_requests_are_answered_whole(iris_server: ServerProcess, models: Models) -> None:
+    rows = np.tile(IRIS_X, (2, 1))  # 300 rows, above the 256-row batch limit
+    response = post_json(iris_server.port, "/v1/models/iris:predict", v1_body(rows))
+    assert response.json() == {"predictions": models.iris.predict(rows).tolist()}

@@ -169,6 +169,7 @@ def test_health_and_server_metadata(iris_server: ServerProcess) -> None:
     assert request(port, "GET", "/v2/models/iris/ready").status == 200
     assert request(port, "GET", "/v1/models/iris").json() == {"name": "iris", "ready": True}
     assert request(port, "GET", "/v2").json()["name"] == "modelserver"
+    assert request(port, "GET", "/v1/models").json() == {"models": ["iris"]}
 
 
 def test_keep_alive_connection_serves_many_requests(
