@@ -42,7 +42,7 @@ _REASONS = {
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
-    503: "Service UnavailableError",
+    503: "Service Unavailable",
 }
 _STATUS_LINES = {
     code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()

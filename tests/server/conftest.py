@@ -47,6 +47,7 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    reason: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -70,6 +71,7 @@ def request(
             response.status,
             {key.lower(): value for key, value in response.getheaders()},
             response.read(),
+            response.reason,
         )
     finally:
         connection.close()

@@ -216,7 +216,8 @@ def test_readiness_is_503_until_the_model_is_loaded(models: Models, tmp_path: Pa
     try:
         server.wait_listening()
         assert request(server.port, "GET", "/v2/health/live").status == 200
-        assert request(server.port, "GET", "/v2/health/ready").status == 503
+        not_ready = request(server.port, "GET", "/v2/health/ready")
+        assert (not_ready.status, not_ready.reason) == (503, "Service Unavailable")
         assert request(server.port, "GET", "/v2/models/iris/ready").status == 503
         assert request(server.port, "GET", "/v1/models/iris").json() == {
             "name": "iris",
