@@ -285,6 +285,11 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._closing = False
+        self._broken = False  # the parser failed: nothing more is read from this connection
+        self._content_length: int | None = None
+        # (body length, method, path, keep-alive) of an upgrade request whose body is awaited
+        self._upgrade_wanted: tuple[int, bytes, bytes, bool] | None = None
+        self._upgrade_body = bytearray()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -300,13 +305,35 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_active = time.monotonic()
+        if self._broken:
+            return
+        if self._upgrade_wanted is not None:
+            data = self._take_upgrade_body(data, self._upgrade_wanted)
+            if not data:
+                return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Requests asking to switch protocols (h2c, websocket) were answered as HTTP/1.1.
-            self._closing = True
+        except httptools.HttpParserUpgrade as upgrade:
+            # The request asked to switch protocols (h2c, websocket). It is served as HTTP/1.1,
+            # which RFC 9110 allows; the parser stopped after its headers, so a fresh parser
+            # takes the rest (its body first, then any requests after it).
+            self._parser = httptools.HttpRequestParser(self)
+            self.data_received(data[upgrade.args[0] :])
         except httptools.HttpParserError as error:
+            self._broken = True
             self._reject_and_close(BadRequestError(f"malformed HTTP request: {error}"))
+
+    def _take_upgrade_body(self, data: bytes, wanted: tuple[int, bytes, bytes, bool]) -> bytes:
+        """Collects the body of an upgrade request; returns the bytes that follow it."""
+        needed = wanted[0] - len(self._upgrade_body)
+        self._upgrade_body += data[:needed]
+        if len(self._upgrade_body) < wanted[0]:
+            return b""
+        self._upgrade_wanted = None
+        method, path, keep_alive = wanted[1:]
+        self._dispatch(method, path, bytes(self._upgrade_body), keep_alive)
+        self._upgrade_body = bytearray()
+        return data[needed:]
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -330,6 +357,7 @@ class Connection(asyncio.Protocol):
         self._expect_continue = False
         self._rejected = None
         self._discarding = False
+        self._content_length = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -341,6 +369,7 @@ class Connection(asyncio.Protocol):
         if size == 12 and name.lower() == b"x-request-id":
             self._request_id = value
         elif size == 14 and name.lower() == b"content-length":
+            self._content_length = int(value) if value.isdigit() else None
             if value.isdigit() and int(value) > self._max_body:
                 self._rejected = PayloadTooLargeError(
                     f"request body of {int(value)} bytes exceeds the limit of {self._max_body}"
@@ -392,17 +421,21 @@ class Connection(asyncio.Protocol):
         url = self._url
         query = url.find(b"?")
         path = url if query < 0 else url[:query]
-        exchange = _Exchange(
-            self,
-            self._checked_request_id(),
-            parser.should_keep_alive() and not self._closing,
-            parser.get_method(),
-            path,
-        )
+        keep_alive = parser.should_keep_alive() and not self._closing
+        if parser.should_upgrade() and self._content_length:
+            # The parser leaves the body of an upgrade request unread: collect it first.
+            self._upgrade_wanted = (self._content_length, parser.get_method(), path, keep_alive)
+            return
+        self._dispatch(parser.get_method(), path, self._joined_body(), keep_alive)
+
+    def _joined_body(self) -> bytes:
+        return self._body[0] if len(self._body) == 1 else b"".join(self._body)
+
+    def _dispatch(self, method: bytes, path: bytes, body: bytes, keep_alive: bool) -> None:
+        exchange = _Exchange(self, self._checked_request_id(), keep_alive, method, path)
         self._exchanges.append(exchange)
         if len(self._exchanges) >= _PIPELINE_LIMIT:
             self._update_reading()
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         header_length = None
         if self._inference_header is not None:
             if not self._inference_header.isdigit():
@@ -412,7 +445,7 @@ class Connection(asyncio.Protocol):
                 return
             header_length = int(self._inference_header)
         try:
-            self._router.dispatch(exchange.method, path, body, header_length, exchange.respond)
+            self._router.dispatch(method, path, body, header_length, exchange.respond)
         except Exception:
             # A bug must cost one request, not the connection: answer 500 and go on.
             log.exception("request failed", extra={"request_id": _text(exchange.request_id)})

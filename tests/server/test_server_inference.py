@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,29 @@ def test_readiness_is_503_until_the_model_is_loaded(models: Models, tmp_path: Pa
         assert post_json(server.port, "/v1/models/iris:predict", v1_body(ROWS)).status == 200
     finally:
         server.stop()
+
+
+def test_upgrade_requests_are_served_as_http11(iris_server: ServerProcess, models: Models) -> None:
+    """`curl --http2` on http:// asks to upgrade to h2c; the server answers in HTTP/1.1, body and
+    pipelined requests after it included."""
+    body = json.dumps(v1_body(ROWS)).encode()
+    upgrade = (
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings"
+        b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    follow_up = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", iris_server.port), timeout=5) as sock:
+        sock.sendall(upgrade[:150])
+        time.sleep(0.05)
+        sock.sendall(upgrade[150:] + follow_up)
+        received = b""
+        while not received.endswith(b'{"live":true}'):
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK")
+    expected = {"predictions": models.iris.predict(ROWS).tolist()}
+    assert json.loads(first.split(b"\r\n\r\n", 1)[1]) == expected
+    assert second.startswith(b"200 OK")
