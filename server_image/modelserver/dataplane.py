@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from modelserver import __version__, batching, codec, runtime, v1, v2
-from modelserver.errors import NotFoundError, RequestError, UnavailableError
+from modelserver.errors import BadRequestError, NotFoundError, RequestError, UnavailableError
 from modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.metrics import Metrics
 
@@ -235,7 +235,7 @@ class DataPlane:
     def _check_method(self, method: str) -> None:
         model = self._runtime
         if model is not None and not model.supports(method):
-            raise RequestError(
+            raise BadRequestError(
                 f"{method} is not available: {model.info.model_class} only has "
                 f"{' and '.join(model.info.methods)}"
             )

@@ -8,6 +8,7 @@ retried with exponential backoff; answers that will not change (404, 403, digest
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -187,8 +188,16 @@ def _open(config: FetchConfig) -> Iterator[tuple[_Stream, int | None]]:
 
 @contextlib.contextmanager
 def _open_http(uri: str, timeout: float) -> Iterator[tuple[_Stream, int | None]]:
+    parsed = urllib.parse.urlparse(uri)
+    headers = {"User-Agent": f"modelserver/{__version__}"}
+    if parsed.username is not None:
+        # http://user:password@host/... : sent as Basic authentication, never logged.
+        credentials = f"{urllib.parse.unquote(parsed.username)}:"
+        credentials += urllib.parse.unquote(parsed.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        uri = urllib.parse.urlunparse(parsed._replace(netloc=_host_and_port(parsed)))
     # The caller checked that the scheme is http or https.
-    request = urllib.request.Request(uri, headers={"User-Agent": f"modelserver/{__version__}"})  # noqa: S310
+    request = urllib.request.Request(uri, headers=headers)  # noqa: S310
     try:
         response = urllib.request.urlopen(request, timeout=timeout or None)  # noqa: S310
     except urllib.error.HTTPError as error:
@@ -259,10 +268,16 @@ def _open_s3(
         body.close()
 
 
+def _host_and_port(parsed: urllib.parse.ParseResult) -> str:
+    netloc = parsed.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return netloc
+
+
 def _redacted(uri: str) -> str:
     """The URI without credentials or query (pre-signed URLs carry secrets there)."""
     parsed = urllib.parse.urlparse(uri)
-    netloc = parsed.hostname or ""
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urllib.parse.urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
+    return urllib.parse.urlunparse((parsed.scheme, _host_and_port(parsed), parsed.path, "", "", ""))

@@ -34,7 +34,10 @@ _THREAD_POOL_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 _MAX_RESTARTS = 5  # within _RESTART_WINDOW seconds; more means the worker cannot run at all
 _RESTART_WINDOW = 60.0
 # Worker exit codes that mean "this can never work": stop instead of restarting.
-_FATAL_EXIT_CODES = {3: "the model could not be loaded", 4: "the port could not be bound"}
+_FATAL_EXIT_CODES = {
+    termination.EXIT_LOAD_FAILED: "the model could not be loaded",
+    termination.EXIT_BIND_FAILED: "the port could not be bound",
+}
 
 
 def serve(config: ServeConfig) -> int:

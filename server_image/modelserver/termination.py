@@ -11,6 +11,10 @@ from pathlib import Path
 # Kubernetes keeps at most 4096 bytes of a termination message.
 _MAX_BYTES = 4096
 
+# Exit codes of a worker process that mean "this can never work": the parent stops, no restart.
+EXIT_LOAD_FAILED = 3
+EXIT_BIND_FAILED = 4
+
 
 def one_line(message: str) -> str:
     """Collapses whitespace so the reason fits on one line."""

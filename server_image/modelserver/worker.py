@@ -29,8 +29,8 @@ from modelserver.runtime import ModelInfo
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_LOAD_FAILED = 3
-EXIT_BIND_FAILED = 4
+EXIT_LOAD_FAILED = termination.EXIT_LOAD_FAILED
+EXIT_BIND_FAILED = termination.EXIT_BIND_FAILED
 
 
 def listening_socket(host: str, port: int, *, shared: bool) -> socket.socket:

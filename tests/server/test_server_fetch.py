@@ -3,6 +3,7 @@ with retries on transient errors only, and the digest checked before the file ap
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import http.server
@@ -32,10 +33,16 @@ class FileServer:
     def __init__(self) -> None:
         self.routes: dict[str, list[tuple[int, bytes]]] = {}
         self.hits: dict[str, int] = {}
+        self.authorization: str | None = None  # required Authorization header, when set
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if owner.authorization and self.headers["Authorization"] != owner.authorization:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 replies = owner.routes.get(self.path, [(404, b"not here")])
                 count = owner.hits.get(self.path, 0)
                 owner.hits[self.path] = count + 1
@@ -164,6 +171,23 @@ def test_keeps_an_existing_file_with_the_pinned_digest(
     )
     assert fetch.run(settings) == 0
     assert files.hits == {}
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(
+    files: FileServer, tmp_path: Path, termination_log: Path
+) -> None:
+    files.routes["/model.joblib"] = [(200, MODEL_BYTES)]
+    files.authorization = "Basic " + base64.b64encode(b"reader:s3cret").decode()
+    dest = tmp_path / "model"
+    good = files.url("/model.joblib").replace("http://", "http://reader:s3cret@")
+    assert fetch.run(_config(good, dest, termination_log)) == 0
+    assert dest.read_bytes() == MODEL_BYTES
+    wrong = files.url("/model.joblib").replace("http://", "http://reader:wrong@")
+    assert fetch.run(_config(wrong, tmp_path / "other", termination_log)) == 1
+    reason = termination_log.read_text()
+    assert "HTTP 401" in reason
+    assert "wrong" not in reason
+    assert "reader" not in reason
 
 
 def test_unreachable_host_is_retried(tmp_path: Path, termination_log: Path) -> None:
