@@ -177,7 +177,11 @@ def _common(options: _Options) -> None:
 def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
     """Parses the serve flags; an unusable value raises ConfigError."""
     defaults = ServeConfig(model_uri="")
-    parser = _Parser(prog="python -m modelserver", description="Serve one scikit-learn model.")
+    parser = _Parser(
+        prog="python -m modelserver",
+        description="Serve one scikit-learn model (KServe V1 and Open Inference Protocol V2).",
+        epilog="`python -m modelserver fetch --help`: download a model first (init container).",
+    )
     options = _Options(parser, environ)
     _common(options)
     options.add("--model-name", "MODEL_NAME", str, defaults.model_name, "name in the URLs")

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
+
+from .support import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
 
 GOOD_ROWS = IRIS_X[[3, 77]]
 V1 = "/v1/models/iris:predict"

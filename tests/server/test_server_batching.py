@@ -10,7 +10,8 @@ import re
 import time
 
 import numpy as np
-from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
+
+from .support import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
 
 
 def _batch_counts(port: int) -> tuple[float, float, float]:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import free_port
 
 from modelserver import config, fetch
+
+from .support import free_port
 
 MODEL_BYTES = os.urandom(300_000)
 MODEL_DIGEST = "sha256:" + hashlib.sha256(MODEL_BYTES).hexdigest()

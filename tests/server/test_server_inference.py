@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from sklearn.datasets import load_diabetes
+
+from .support import (
     IRIS_X,
     Models,
     ServerProcess,
@@ -19,7 +21,6 @@ from conftest import (
     v1_body,
     v2_body,
 )
-from sklearn.datasets import load_diabetes
 
 ROWS = IRIS_X[[0, 55, 120, 7]]
 

@@ -12,7 +12,6 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
-from conftest import IRIS_X, Models, ServerProcess, digest_of
 from sklearn.base import is_classifier
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import (
@@ -24,6 +23,8 @@ from sklearn.ensemble import (
 
 from modelserver import loader
 from modelserver.errors import ModelLoadError
+
+from .support import IRIS_X, Models, ServerProcess, digest_of
 
 ZEROS = "sha256:" + "0" * 64
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import IRIS_X, Models, ServerProcess, post_json, request, v1_body
+
+from .support import IRIS_X, Models, ServerProcess, post_json, request, v1_body
 
 
 def test_two_workers_serve_from_separate_processes(iris_server: ServerProcess) -> None:

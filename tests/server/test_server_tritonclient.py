@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import IRIS_X, Models, ServerProcess
+
+from .support import IRIS_X, Models, ServerProcess
 
 ROWS = IRIS_X[[0, 50, 100, 149]]
 
