@@ -96,6 +96,7 @@ BAD_REQUESTS = [
     ("unknown-path", "GET", "/v3/anything", None, {}, 404, "no such endpoint"),
     ("wrong-method", "GET", V1, None, {}, 405, "use POST"),
     ("oversized-body", "POST", V1, json.dumps(v1_body(IRIS_X.tolist() * 20)), {}, 413, "limit"),
+    ("oversized-headers", "GET", "/v2/health/live", None, {"X-Big": "x" * 70_000}, 431, "exceed"),
 ]
 
 

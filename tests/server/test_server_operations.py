@@ -89,6 +89,31 @@ def test_metrics_expose_requests_latency_batches_queue_and_load_time(
         assert re.search(pattern, text), pattern
 
 
+def test_a_crashed_worker_is_replaced(models: Models, tmp_path: Path) -> None:
+    server = ServerProcess(models.path("iris.joblib"), tmp_path, workers=2).start()
+    try:
+        server.wait_ready()
+        parent = psutil.Process(server.pid)
+        victim, survivor = parent.children()
+        victim.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = {child.pid for child in parent.children()}
+            if len(pids) == 2 and victim.pid not in pids:
+                break
+            time.sleep(0.05)
+        assert survivor.pid in pids
+        assert len(pids) == 2
+        server.wait_ready()
+        for _ in range(10):
+            response = post_json(server.port, "/v1/models/iris:predict", v1_body(IRIS_X[:3]))
+            assert response.json() == {"predictions": models.iris.predict(IRIS_X[:3]).tolist()}
+        assert "worker exited unexpectedly; restarting" in server.log_text()
+    finally:
+        server.stop()
+    assert server.wait_exit() == 0
+
+
 def test_sigterm_drains_without_failing_accepted_requests(models: Models, tmp_path: Path) -> None:
     """Eight clients keep sending on keep-alive connections while the server gets SIGTERM:
     readiness turns 503 at once, every request the server read is answered correctly, and the
