@@ -160,6 +160,9 @@ class Batcher:
         keeps answering health probes and smaller requests meanwhile."""
 
         def finished(future: asyncio.Future[np.ndarray]) -> None:
+            if future.cancelled():
+                job.fail(UnavailableError("the server is shutting down"))
+                return
             error = future.exception()
             if error is not None:
                 job.fail(_input_error(error if isinstance(error, Exception) else Exception(error)))

@@ -134,7 +134,7 @@ def test_sklearn_version_skew_is_refused(models: Models, tmp_path: Path) -> None
 def test_load_failures_end_the_process_with_a_termination_message(
     models: Models, tmp_path: Path
 ) -> None:
-    """Three servers that cannot start, run at once: each exits non-zero, fast, with one line."""
+    """Four servers that cannot start, run at once: each exits non-zero, fast, with one line."""
     skewed = tmp_path / "skewed.joblib"
     _with_other_sklearn_version(models.path("iris.joblib"), skewed)
     cases = {
@@ -143,6 +143,7 @@ def test_load_failures_end_the_process_with_a_termination_message(
         ),
         "does not exist": ServerProcess(tmp_path / "missing.joblib", tmp_path),
         "saved with scikit-learn": ServerProcess(skewed, tmp_path, workers=2),
+        "looks like a skops file": ServerProcess(models.path("iris.skops"), tmp_path),
     }
     for server in cases.values():
         server.start()
