@@ -1,4 +1,4 @@
-"""``python -m localcluster <build|up|down|status|env|gomod>``: the Makefile's entry point."""
+"""``python -m localcluster <build|images|up|down|status|env|gomod>``: the Makefile's entry."""
 
 from __future__ import annotations
 
@@ -8,20 +8,32 @@ import sys
 import time
 from pathlib import Path
 
-from localcluster import binaries, gomod
+from localcluster import binaries, gomod, images
 from localcluster.cluster import Cluster, ClusterError, repo_root
+from localcluster.node import NodeError
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
-    return Cluster(root=args.root, build_missing=not args.no_build)
+    return Cluster(root=args.root, build_missing=not args.no_build, real_node=args.real_node)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    paths = binaries.build(jobs=args.jobs, force=args.force, log=binaries.stderr_log)
+    names = None
+    if args.real_node:
+        names = [b.name for b in binaries.known_binaries()]
+    paths = binaries.build(names, jobs=args.jobs, force=args.force, log=binaries.stderr_log)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     binaries.stderr_log(f"build: {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def cmd_images(_: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    for image in images.build_all(binaries.stderr_log):
+        print(f"{image.name}\t{image.archive}")
+    binaries.stderr_log(f"images: {time.monotonic() - t0:.1f}s")
     return 0
 
 
@@ -86,12 +98,32 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="build (or find cached) pinned binaries")
     p.add_argument("--jobs", "-p", type=int, default=2, help="go build -p (default 2)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also kubelet, kube-proxy, metrics-server and crictl (for `up --real-node`)",
+    )
     p.set_defaults(func=cmd_build)
 
+    sub.add_parser(
+        "images", help="build (or find cached) the real node's images: pause, base, server"
+    ).set_defaults(func=cmd_images)
+
     p = sub.add_parser("up", help="start the local control plane (no-op if up)")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for ready (default 180, 420 with --real-node)",
+    )
     p.add_argument(
         "--no-build", action="store_true", help="fail instead of building missing binaries"
+    )
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="a real node (containerd, kubelet, kube-proxy, metrics-server) instead of KWOK; "
+        "needs root",
     )
     p.set_defaults(func=cmd_up)
 
@@ -109,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     args.no_build = getattr(args, "no_build", False)
+    args.real_node = getattr(args, "real_node", False)
     try:
         rc: int = args.func(args)
-    except (ClusterError, binaries.BuildError, FileNotFoundError) as err:
+    except (ClusterError, binaries.BuildError, FileNotFoundError, NodeError) as err:
         print(f"localcluster {args.command}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -50,6 +50,7 @@ class Binary:
     gomod: str  # folder under hack/gomod/
     package: str
     stamp: Callable[[Binary], Mapping[str, str]] = field(compare=False, repr=False)
+    cgo: bool = False
 
     @property
     def cache_dir(self) -> Path:
@@ -99,13 +100,24 @@ def _etcd_stamp(b: Binary) -> Mapping[str, str]:
     return {"go.etcd.io/etcd/api/v3/version.GitSHA": _module_info(b.module, b.version)["Sum"]}
 
 
+def _metrics_server_stamp(b: Binary) -> Mapping[str, str]:
+    """client-go's version package: what metrics-server's Makefile stamps and --version shows."""
+    info = _module_info(b.module, b.version)
+    values = {"gitVersion": b.version, "gitCommit": info["Sum"], "buildDate": info["Time"]}
+    return {f"k8s.io/client-go/pkg/version.{k}": v for k, v in values.items()}
+
+
+def _cri_tools_stamp(b: Binary) -> Mapping[str, str]:
+    return {"sigs.k8s.io/cri-tools/pkg/version.Version": b.version}
+
+
 def _no_stamp(_: Binary) -> Mapping[str, str]:
     # kwok's consts.Version is "0.7.0" in the tagged source already.
     return {}
 
 
 def all_binaries() -> list[Binary]:
-    """Everything ``build`` produces, in build order: etcd and the apiserver first."""
+    """The control plane ``build`` produces by default, in order: etcd and the apiserver first."""
     kube = [
         Binary(
             name,
@@ -126,6 +138,59 @@ def all_binaries() -> list[Binary]:
         for name, pkg in versions.KWOK_COMMANDS.items()
     ]
     return [*etcd, *kube, *kwok]
+
+
+def node_binaries() -> list[Binary]:
+    """What ``up --real-node`` needs on top: kubelet, kube-proxy, metrics-server, crictl.
+
+    Kept out of the default build so the KWOK-only cluster (CI's) stays a 10-minute cold build.
+    """
+    kube = [
+        Binary(
+            name,
+            versions.KUBERNETES_VERSION,
+            "k8s.io/kubernetes",
+            "kubernetes",
+            pkg,
+            _kubernetes_stamp,
+            cgo=name in versions.CGO_COMMANDS,
+        )
+        for name, pkg in versions.KUBERNETES_NODE_COMMANDS.items()
+    ]
+    metrics = [
+        Binary(
+            name,
+            versions.METRICS_SERVER_VERSION,
+            "sigs.k8s.io/metrics-server",
+            "metrics-server",
+            pkg,
+            _metrics_server_stamp,
+        )
+        for name, pkg in versions.METRICS_SERVER_COMMANDS.items()
+    ]
+    crictl = [
+        Binary(
+            name,
+            versions.CRI_TOOLS_VERSION,
+            "sigs.k8s.io/cri-tools",
+            "cri-tools",
+            pkg,
+            _cri_tools_stamp,
+        )
+        for name, pkg in versions.CRI_TOOLS_COMMANDS.items()
+    ]
+    return [*kube, *metrics, *crictl]
+
+
+NODE_BINARY_NAMES = (
+    *versions.KUBERNETES_NODE_COMMANDS,
+    *versions.METRICS_SERVER_COMMANDS,
+    *versions.CRI_TOOLS_COMMANDS,
+)
+
+
+def known_binaries() -> list[Binary]:
+    return [*all_binaries(), *node_binaries()]
 
 
 def cache_root() -> Path:
@@ -150,8 +215,11 @@ def locate(b: Binary) -> Path | None:
 
 
 def locate_all(names: Iterable[str] | None = None) -> dict[str, Path | None]:
-    wanted = set(names) if names is not None else None
-    return {b.name: locate(b) for b in all_binaries() if wanted is None or b.name in wanted}
+    """Paths of ``names`` (default: the control plane); None for those not built."""
+    if names is None:
+        return {b.name: locate(b) for b in all_binaries()}
+    wanted = set(names)
+    return {b.name: locate(b) for b in known_binaries() if b.name in wanted}
 
 
 def _check_wrapper(b: Binary) -> Path:
@@ -221,7 +289,12 @@ def _build_one(b: Binary, *, jobs: int, log: Log) -> float:
             log(f"  ... {b.name}: {_fmt(time.monotonic() - start)}, {packages} packages compiled")
 
     proc = subprocess.Popen(
-        cmd, cwd=moddir, env=go_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        cmd,
+        cwd=moddir,
+        env=go_env(cgo=b.cgo),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     thread = threading.Thread(target=ticker, daemon=True)
     thread.start()
@@ -260,7 +333,10 @@ def build(
     if shutil.which("go") is None:
         raise BuildError("`go` is not on PATH; install Go >= 1.24 or set LOCALCLUSTER_BIN_DIR")
     wanted = set(names) if names is not None else None
-    todo = [b for b in all_binaries() if wanted is None or b.name in wanted]
+    pool = known_binaries() if wanted is not None else all_binaries()
+    todo = [b for b in pool if wanted is None or b.name in wanted]
+    if any(b.cgo for b in todo) and shutil.which("gcc") is None:
+        raise BuildError("the kubelet is built with cgo and needs gcc: apt-get install -y gcc")
     result: dict[str, Path] = {}
     built = 0
     total_start = time.monotonic()

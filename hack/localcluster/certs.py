@@ -77,6 +77,14 @@ class Pki:
     def front_proxy_client_key(self) -> Path:
         return self.dir / "front-proxy-client.key"
 
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.dir / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet-serving.key"
+
     def client_cert(self, who: str) -> Path:
         return self.dir / f"{who}.crt"
 
@@ -184,6 +192,13 @@ class _Ca:
         _write_key(key_path, self.key)
         _write_cert(cert_path, self.cert)
 
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> _Ca:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{key_path} is not an EC key")
+        return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+
 
 def _serving_sans(service_ip: str, extra: tuple[str, ...]) -> list[x509.GeneralName]:
     dns = [
@@ -238,4 +253,38 @@ def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = 
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+    return pki
+
+
+#: Identities of the real node's processes: file stem -> (CN, O), filled in by generate_node.
+def node_clients(node_name: str) -> dict[str, tuple[str, str | None]]:
+    return {
+        # The Node authorizer and NodeRestriction admit exactly this identity for the node.
+        "kubelet": (f"system:node:{node_name}", "system:nodes"),
+        # Bound to the system:node-proxier ClusterRole by the default RBAC policy.
+        "kube-proxy": ("system:kube-proxy", None),
+        # The apiserver's identity towards kubelets (logs, exec), authorized by their webhook.
+        "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
+        # A harness component like kwok: reads node metrics and serves the metrics API.
+        "metrics-server": ("system:metrics-server", "system:masters"),
+    }
+
+
+def generate_node(directory: Path, *, node_name: str, node_ips: tuple[str, ...]) -> Pki:
+    """Certificates of a real node, issued by the CA ``generate`` wrote in ``directory``.
+
+    The kubelet serves its API (logs, exec, the summary API metrics-server reads) with a cert
+    for the node's IPs, so the apiserver and metrics-server can verify it against our CA.
+    """
+    pki = Pki(directory)
+    ca = _Ca.load(pki.ca_cert, pki.ca_key)
+    for who, (cn, org) in node_clients(node_name).items():
+        key, cert = ca.issue(cn, org, ExtendedKeyUsageOID.CLIENT_AUTH)
+        _write_key(pki.client_key(who), key)
+        _write_cert(pki.client_cert(who), cert)
+    sans: list[x509.GeneralName] = [x509.DNSName(node_name)]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in node_ips]
+    key, cert = ca.issue(node_name, None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    _write_key(pki.kubelet_serving_key, key)
+    _write_cert(pki.kubelet_serving_cert, cert)
     return pki

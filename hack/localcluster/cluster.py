@@ -20,13 +20,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from localcluster import binaries, certs, components, kubeconfig, kwokconfig, process, versions
+from localcluster import (
+    binaries,
+    certs,
+    components,
+    images,
+    kubeconfig,
+    kwokconfig,
+    node,
+    process,
+    versions,
+)
 from localcluster.api import ApiClient
 from localcluster.components import Layout, Ports
+from localcluster.node import NodeLayout, NodePorts
 
 Log = Callable[[str], None]
 
 NODE_NAMES = ("kwok-node-0", "kwok-node-1")
+REAL_NODE_NAME = node.NODE_NAME
+#: A real node replaces KWOK: with fake nodes beside it, model pods could land on a node that
+#: reports them Ready without running them, and Service endpoints would point at nothing.
+REAL_NODE_ORDER = (*components.CONTROL_PLANE, *node.ORDER)
+DEFAULT_TIMEOUT = 180.0
+#: Importing the server image into containerd and a first pod sandbox take a while.
+REAL_NODE_TIMEOUT = 420.0
 EXISTING_ENV_VARS = ("LOCALCLUSTER_USE_EXISTING", "USE_EXISTING_CLUSTER")
 _TRUE = {"1", "true", "yes", "on"}
 _MARKER_TEXT = "state of `python -m localcluster`; removed by `down`\n"
@@ -127,10 +145,13 @@ class Cluster:
         *,
         use_existing: bool | None = None,
         build_missing: bool = False,
+        real_node: bool = False,
         log: Log = stderr_log,
     ) -> None:
         self.root = Path(root).resolve() if root is not None else default_root().resolve()
         self.layout = Layout(self.root)
+        self.node_layout = NodeLayout(self.root)
+        self.real_node = real_node
         self.use_existing = use_existing_requested() if use_existing is None else use_existing
         self.build_missing = build_missing
         self.log = log
@@ -163,7 +184,8 @@ class Cluster:
             self.layout.marker.write_text(_MARKER_TEXT)
         d = self.layout.bin
         d.mkdir(parents=True, exist_ok=True)
-        for name, path in binaries.locate_all().items():
+        everything = [b.name for b in binaries.known_binaries()]
+        for name, path in binaries.locate_all(everything).items():
             if path is None:
                 continue
             link = d / name
@@ -249,17 +271,40 @@ class Cluster:
             return {}
         return {name: process.Record.from_json(rec) for name, rec in state["processes"].items()}
 
+    @staticmethod
+    def _expected(state: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The components a cluster runs: recorded at start (older states: the KWOK set)."""
+        if state and state.get("components"):
+            return tuple(state["components"])
+        return components.ORDER
+
     def is_up(self) -> bool:
         """Every recorded component is alive (existing mode: trusted to be up)."""
         if self.use_existing:
             return True
-        recs = self._records()
-        return set(recs) == set(components.ORDER) and all(map(process.alive, recs.values()))
+        state = self._load_state()
+        recs = self._records(state)
+        expected = set(self._expected(state))
+        return bool(recs) and set(recs) == expected and all(map(process.alive, recs.values()))
+
+    def node_images(self) -> dict[str, Path]:
+        """Image name -> OCI archive that the running real node imported (empty without one)."""
+        state = self._load_state()
+        return {k: Path(v) for k, v in ((state or {}).get("images") or {}).items()}
+
+    def has_real_node(self) -> bool:
+        """Whether the cluster under root was started with ``real_node``."""
+        state = self._load_state()
+        return bool(state and state.get("real_node"))
 
     # -- up --------------------------------------------------------------------------------
 
-    def up(self, timeout: float = 180.0) -> bool:
-        """Start the cluster; False if it was already up (or is an existing one)."""
+    def up(self, timeout: float | None = None) -> bool:
+        """Start the cluster; False if it was already up (or is an existing one).
+
+        With ``real_node``, also build (or reuse) the node's images, then start containerd,
+        the kubelet, kube-proxy and metrics-server instead of KWOK.
+        """
         if self.use_existing:
             kc = self.kubeconfig
             if not kc.is_file():
@@ -267,22 +312,25 @@ class Cluster:
             self.log(f"using the existing cluster of {kc}; nothing to start")
             return False
         if self.is_up():
-            self.log(f"cluster already up under {self.root} (kubeconfig {self.kubeconfig})")
+            if self.real_node and not self.has_real_node():
+                raise ClusterError(
+                    f"the cluster under {self.root} is up without a real node; `down` it first"
+                )
+            kind = " with a real node" if self.has_real_node() else ""
+            self.log(f"cluster already up{kind} under {self.root} (kubeconfig {self.kubeconfig})")
             return False
         if self._records():
             dead = [n for n, r in self._records().items() if not process.alive(r)]
             self.log(f"stale cluster under {self.root} ({', '.join(dead)} not running): cleaning")
             self.down()
 
-        names = [*components.ORDER, "kubectl"]
-        if self.build_missing:
-            bins = binaries.build(names, verbose=False, log=self.log)
-        else:
-            bins = binaries.require(names)
+        bins, built = self._inputs()
+        if timeout is None:
+            timeout = REAL_NODE_TIMEOUT if self.real_node else DEFAULT_TIMEOUT
 
         for attempt in (1, 2):
             try:
-                self._start(bins, timeout)
+                self._start(bins, timeout, built)
             except ComponentError as err:
                 self._abort()
                 if attempt == 1 and "address already in use" in err.tail:
@@ -295,6 +343,21 @@ class Cluster:
             return True
         raise AssertionError("unreachable")
 
+    def _inputs(self) -> tuple[dict[str, Path], list[images.Image]]:
+        """Binaries (and with a real node, images) to start from: found, built, or an error."""
+        names = [*components.ORDER, "kubectl"]
+        if self.real_node:
+            node.check_host()
+            names = [*components.CONTROL_PLANE, "kubectl", *binaries.NODE_BINARY_NAMES]
+        if self.build_missing:
+            bins = binaries.build(names, verbose=False, log=self.log)
+        else:
+            bins = binaries.require(names)
+        built: list[images.Image] = []
+        if self.real_node:
+            built = images.build_all(self.log) if self.build_missing else images.require()
+        return bins, built
+
     def _prepare_root(self) -> None:
         lay = self.layout
         if lay.root.exists() and any(lay.root.iterdir()):
@@ -306,13 +369,85 @@ class Cluster:
         lay.root.mkdir(parents=True, exist_ok=True)
         lay.marker.write_text(_MARKER_TEXT)
 
-    def _start(self, bins: Mapping[str, Path], timeout: float) -> None:
+    def _start(self, bins: Mapping[str, Path], timeout: float, built: list[images.Image]) -> None:
         t0 = time.monotonic()
         deadline = t0 + timeout
         lay = self.layout
+        if self.real_node:
+            node.claim(self.root, lambda root: Cluster(root, log=self.log).is_up())
         self._prepare_root()
-        ports = Ports(*process.free_ports(6))
+        free = process.free_ports(11)
+        ports, node_ports = Ports(*free[:6]), NodePorts(*free[6:])
         server = f"https://127.0.0.1:{ports.apiserver}"
+        state = self._new_state(server, ports, node_ports, built)
+        self._save_state(state)
+        pki = self._write_files(server, ports, node_ports)
+
+        def launch(name: str) -> None:
+            if name in node.ORDER:
+                argv, env = self._node_command(name, bins, node_ports, pki), node.env()
+            else:
+                argv, env = _COMMANDS[name](bins[name], lay, ports), dict(os.environ)
+            if name == "kwok":
+                env["KWOK_WORKDIR"] = str(lay.kwok_dir)  # never read ~/.kwok/kwok.yaml
+            if name == "kube-apiserver" and self.real_node:
+                argv += components.real_node_apiserver_flags(lay)
+            self._launch(name, argv, env, state)
+
+        self.log(f"starting etcd {versions.ETCD_VERSION} on 127.0.0.1:{ports.etcd_client}")
+        launch("etcd")
+        etcd = ApiClient(f"http://127.0.0.1:{ports.etcd_client}")
+        self._wait("etcd healthy", lambda: etcd.ok("/health"), deadline)
+
+        self.log(f"starting kube-apiserver {versions.KUBERNETES_VERSION} on {server}")
+        launch("kube-apiserver")
+        api = self.client()
+        self._wait("kube-apiserver /readyz", lambda: api.ok("/readyz"), deadline)
+
+        rest: tuple[str, ...] = ("kube-controller-manager", "kube-scheduler")
+        if not self.real_node:
+            rest += ("kwok",)
+        self.log(f"starting {', '.join(rest)}")
+        for name in rest:
+            launch(name)
+        if not self.real_node:
+            self._create_kwok_nodes(api)
+
+        kcm = ApiClient(f"https://127.0.0.1:{ports.controller_manager}", verify=False)
+        sched = ApiClient(f"https://127.0.0.1:{ports.scheduler}", verify=False)
+        self._wait("kube-controller-manager /healthz", lambda: kcm.ok("/healthz"), deadline)
+        self._wait("kube-scheduler /healthz", lambda: sched.ok("/healthz"), deadline)
+        if self.real_node:
+            self._start_node(
+                launch, state=state, api=api, ports=node_ports, built=built, deadline=deadline
+            )
+        else:
+            kwok = ApiClient(f"http://127.0.0.1:{ports.kwok}")
+            self._wait("kwok /healthz", lambda: kwok.ok("/healthz"), deadline)
+            self._wait("nodes Ready and untainted", lambda: self._nodes_ready(api), deadline)
+        self._wait(
+            "ServiceAccount default/default",
+            lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
+            deadline,
+        )
+        self.log(
+            f"cluster up in {time.monotonic() - t0:.1f}s; "
+            f"export KUBECONFIG={lay.kubeconfig}  (logs in {lay.logs})"
+        )
+
+    def _launch(
+        self, name: str, argv: list[str], env: Mapping[str, str], state: dict[str, Any]
+    ) -> None:
+        """Start one component and record it in state.json at once (``down`` finds it)."""
+        lay = self.layout
+        proc, rec = process.start(name, argv, lay.log(name), env=env, cwd=lay.root)
+        self._children[name] = proc
+        state["processes"][name] = rec.to_json()
+        self._save_state(state)
+
+    def _new_state(
+        self, server: str, ports: Ports, node_ports: NodePorts, built: list[images.Image]
+    ) -> dict[str, Any]:
         state: dict[str, Any] = {
             "versions": {
                 "kubernetes": versions.KUBERNETES_VERSION,
@@ -321,13 +456,24 @@ class Cluster:
             },
             "server": server,
             "ports": ports.to_json(),
-            "kubeconfig": str(lay.kubeconfig),
+            "kubeconfig": str(self.layout.kubeconfig),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "real_node": self.real_node,
+            "components": list(REAL_NODE_ORDER if self.real_node else components.ORDER),
             "processes": {},
         }
-        self._save_state(state)
+        if self.real_node:
+            state["versions"]["metrics-server"] = versions.METRICS_SERVER_VERSION
+            state["node_ports"] = node_ports.to_json()
+            state["images"] = {i.name: str(i.archive) for i in built}
+        return state
 
+    def _write_files(self, server: str, ports: Ports, node_ports: NodePorts) -> certs.Pki:
+        """PKI, kubeconfigs and component configs; returns the PKI's paths."""
+        lay = self.layout
         pki = certs.generate(lay.pki, service_ip=components.SERVICE_IP)
+        if self.real_node:
+            self._write_node_files(pki, server, node_ports)
         kubeconfig.write(
             lay.kubeconfig,
             server=server,
@@ -347,66 +493,96 @@ class Cluster:
         kwokconfig.write(
             lay.kwok_config, server_port=ports.kwok, kubelet_version=versions.KUBERNETES_VERSION
         )
+        return pki
 
-        def launch(name: str) -> None:
-            env = dict(os.environ)
-            if name == "kwok":
-                env["KWOK_WORKDIR"] = str(lay.kwok_dir)  # never read ~/.kwok/kwok.yaml
-            argv = _COMMANDS[name](bins[name], lay, ports)
-            proc, rec = process.start(name, argv, lay.log(name), env=env, cwd=lay.root)
-            self._children[name] = proc
-            state["processes"][name] = rec.to_json()
-            self._save_state(state)
-
-        self.log(f"starting etcd {versions.ETCD_VERSION} on 127.0.0.1:{ports.etcd_client}")
-        launch("etcd")
-        etcd = ApiClient(f"http://127.0.0.1:{ports.etcd_client}")
-        self._wait("etcd healthy", lambda: etcd.ok("/health"), deadline)
-
-        self.log(f"starting kube-apiserver {versions.KUBERNETES_VERSION} on {server}")
-        launch("kube-apiserver")
-        api = self.client()
-        self._wait("kube-apiserver /readyz", lambda: api.ok("/readyz"), deadline)
-
-        self.log("starting kube-controller-manager, kube-scheduler, kwok")
-        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
-            launch(name)
+    @staticmethod
+    def _create_kwok_nodes(api: ApiClient) -> None:
         for name in NODE_NAMES:
             resp = api.post("/api/v1/nodes", kwokconfig.node_manifest(name))
             if resp.status not in (201, 409):
                 raise ClusterError(f"creating node {name}: HTTP {resp.status}: {resp.body!r}")
 
-        kcm = ApiClient(f"https://127.0.0.1:{ports.controller_manager}", verify=False)
-        sched = ApiClient(f"https://127.0.0.1:{ports.scheduler}", verify=False)
-        kwok = ApiClient(f"http://127.0.0.1:{ports.kwok}")
-        self._wait("kube-controller-manager /healthz", lambda: kcm.ok("/healthz"), deadline)
-        self._wait("kube-scheduler /healthz", lambda: sched.ok("/healthz"), deadline)
-        self._wait("kwok /healthz", lambda: kwok.ok("/healthz"), deadline)
-        self._wait("nodes Ready and untainted", lambda: self._nodes_ready(api), deadline)
-        self._wait(
-            "ServiceAccount default/default",
-            lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
-            deadline,
-        )
-        self.log(
-            f"cluster up in {time.monotonic() - t0:.1f}s; "
-            f"export KUBECONFIG={lay.kubeconfig}  (logs in {lay.logs})"
-        )
+    def _write_node_files(self, pki: certs.Pki, server: str, ports: NodePorts) -> None:
+        """The node's certs, kubeconfigs and config files (containerd, CNI, kubelet, proxy)."""
+        certs.generate_node(pki.dir, node_name=node.NODE_NAME, node_ips=(node.NODE_IP, "127.0.0.1"))
+        for who in ("kubelet", "kube-proxy", "metrics-server"):
+            kubeconfig.write(
+                self.node_layout.kubeconfig(who),
+                server=server,
+                ca_cert=pki.ca_cert,
+                client_cert=pki.client_cert(who),
+                client_key=pki.client_key(who),
+                user=who,
+            )
+        node.write_configs(self.node_layout, ports, pki, components.SERVICE_CIDR)
+
+    def _node_command(
+        self, name: str, bins: Mapping[str, Path], ports: NodePorts, pki: certs.Pki
+    ) -> list[str]:
+        nl = self.node_layout
+        if name == "containerd":
+            return node.containerd_cmd(nl)
+        if name == "kubelet":
+            return node.kubelet_cmd(bins["kubelet"], nl)
+        if name == "kube-proxy":
+            return node.proxy_cmd(bins["kube-proxy"], nl)
+        return node.metrics_server_cmd(bins["metrics-server"], nl, ports, pki)
+
+    def _start_node(
+        self,
+        launch: Callable[[str], None],
+        *,
+        state: dict[str, Any],
+        api: ApiClient,
+        ports: NodePorts,
+        built: list[images.Image],
+        deadline: float,
+    ) -> None:
+        """Host set-up, containerd with the images, kubelet, kube-proxy, metrics-server."""
+        nl = self.node_layout
+        undo: dict[str, Any] = {}
+        state["host"] = undo
+        try:
+            node.prepare_host(self.log, undo)
+        finally:
+            self._save_state(state)  # whatever was changed, `down` must be able to undo
+
+        self.log("starting containerd (Debian's) with state under the cluster root")
+        launch("containerd")
+        self._wait("containerd socket", nl.containerd_sock.exists, deadline)
+        # The base image is only an input of the server image's build: pods never run it.
+        wanted = [i for i in built if i.name != images.BASE_IMAGE]
+        images.import_images("ctr", nl.containerd_sock, wanted, self.log)
+
+        self.log(f"starting kubelet {versions.KUBERNETES_VERSION} as node {node.NODE_NAME}")
+        launch("kubelet")
+        kubelet = ApiClient(f"http://127.0.0.1:{ports.kubelet_healthz}")
+        self._wait("kubelet /healthz", lambda: kubelet.ok("/healthz"), deadline)
+        self._wait(f"node {node.NODE_NAME} Ready", lambda: node.node_ready(api), deadline)
+
+        self.log("starting kube-proxy (iptables mode) and metrics-server")
+        launch("kube-proxy")
+        proxy = ApiClient(f"http://127.0.0.1:{ports.proxy_healthz}")
+        self._wait("kube-proxy /healthz", lambda: proxy.ok("/healthz"), deadline)
+        launch("metrics-server")
+        node.register_metrics_api(api, ports.metrics_server)
+        self._wait("metrics API Available", lambda: node.metrics_api_available(api), deadline)
 
     def _nodes_ready(self, api: ApiClient) -> bool:
         """Both fake nodes Ready with no taints left (not-ready taints go once Ready)."""
         return self.nodes_ready(api) == len(NODE_NAMES)
 
     @staticmethod
-    def nodes_ready(api: ApiClient) -> int:
-        resp = api.get("/api/v1/nodes?labelSelector=" + "%3D".join(kwokconfig.NODE_LABEL))
+    def nodes_ready(api: ApiClient, label: tuple[str, str] = kwokconfig.NODE_LABEL) -> int:
+        """Ready, untainted nodes with ``label`` (default: the KWOK nodes)."""
+        resp = api.get("/api/v1/nodes?labelSelector=" + "%3D".join(label))
         if resp.status != 200:
             return 0
         count = 0
-        for node in resp.json().get("items", []):
-            conds = node.get("status", {}).get("conditions", [])
+        for item in resp.json().get("items", []):
+            conds = item.get("status", {}).get("conditions", [])
             ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-            if ready and not node.get("spec", {}).get("taints"):
+            if ready and not item.get("spec", {}).get("taints"):
                 count += 1
         return count
 
@@ -439,12 +615,42 @@ class Cluster:
     # -- down ------------------------------------------------------------------------------
 
     def _stop_all(self) -> list[str]:
-        recs = self._records()
-        stopped = process.stop([recs[n] for n in reversed(components.ORDER) if n in recs])
+        state = self._load_state()
+        recs = self._records(state)
+        stopped: list[str] = []
+        if state and state.get("real_node"):
+            stopped += self._stop_node(state, recs)
+        order = [n for n in reversed(self._expected(state)) if n not in node.ORDER]
+        stopped += process.stop([recs[n] for n in order if n in recs])
         for child in self._children.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(5)  # reap; stop() has ended it already
         self._children.clear()
+        return stopped
+
+    def _stop_node(self, state: Mapping[str, Any], recs: Mapping[str, process.Record]) -> list[str]:
+        """Stop the node in the order that leaves nothing behind on the host.
+
+        metrics-server, kube-proxy and the kubelet first (so nothing restarts pods), then
+        every pod through the CRI while containerd still runs, then containerd and any shim
+        left, then kube-proxy's rules, mounts, cgroups, and the host settings.
+        """
+        nl = self.node_layout
+        stopped = process.stop(
+            [recs[n] for n in ("metrics-server", "kube-proxy", "kubelet") if n in recs]
+        )
+        found = binaries.locate_all(["crictl", "kube-proxy"])
+        if "containerd" in recs and process.alive(recs["containerd"]):
+            node.remove_pods(found.get("crictl"), nl, self.log)
+        stopped += process.stop([recs["containerd"]] if "containerd" in recs else [])
+        node.kill_shims(nl, self.log)
+        node.proxy_cleanup(found.get("kube-proxy"), self.log)
+        unmounted = node.unmount_under(self.root)
+        if unmounted:
+            self.log(f"  unmounted {unmounted} leftover mounts under {self.root}")
+        node.remove_cgroups(self.log)
+        node.restore_host(state.get("host") or {}, self.log)
+        node.release(self.root)
         return stopped
 
     def down(self, *, keep_logs: bool = False) -> bool:
@@ -488,7 +694,7 @@ class Cluster:
                 name in recs and process.alive(recs[name]),
                 self.layout.log(name),
             )
-            for name in components.ORDER
+            for name in self._expected(state)
             if state is not None
         )
         ready, nodes = False, 0
@@ -497,6 +703,8 @@ class Cluster:
             ready = api.ok("/readyz")
             with contextlib.suppress(OSError):
                 nodes = self.nodes_ready(api)
+                if state.get("real_node"):
+                    nodes = self.nodes_ready(api, ("localcluster/node", "real"))
         return Status(
             self.root,
             False,

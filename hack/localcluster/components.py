@@ -12,7 +12,8 @@ from pathlib import Path
 from localcluster import certs
 
 #: Start order; ``down`` stops them in reverse.
-ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+ORDER = (*CONTROL_PLANE, "kwok")
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"  # first IP of SERVICE_CIDR: the `kubernetes` Service
@@ -184,4 +185,20 @@ def kwok(binary: Path, lay: Layout, ports: Ports) -> list[str]:
         str(binary),
         f"--kubeconfig={lay.component_kubeconfig('kwok')}",
         f"--config={lay.kwok_config}",
+    ]
+
+
+def real_node_apiserver_flags(lay: Layout) -> list[str]:
+    """Extra apiserver flags when a real kubelet is there (KWOK needs none of them).
+
+    The apiserver authenticates to kubelets (logs, exec) and verifies their serving certs;
+    aggregated APIs (metrics-server) are dialled at their endpoint IP, not through kube-proxy.
+    """
+    pki = certs.Pki(lay.pki)
+    return [
+        f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
+        f"--kubelet-certificate-authority={pki.ca_cert}",
+        "--kubelet-preferred-address-types=InternalIP",
+        "--enable-aggregator-routing=true",
     ]

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from localcluster import versions
@@ -21,11 +21,14 @@ MODULE_PREFIX = "modeldeploy/hack/gomod"
 _STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/\1\s*$")
 
 
-def go_env() -> dict[str, str]:
-    """Environment for every ``go`` call: never switch toolchains, never use cgo."""
+def go_env(*, cgo: bool = False) -> dict[str, str]:
+    """Environment for every ``go`` call: never switch toolchains; cgo only when asked.
+
+    Static binaries run anywhere; only the kubelet needs cgo (and so gcc).
+    """
     env = dict(os.environ)
     env["GOTOOLCHAIN"] = "local"
-    env["CGO_ENABLED"] = "0"
+    env["CGO_ENABLED"] = "1" if cgo else "0"
     return env
 
 
@@ -88,7 +91,7 @@ def kubernetes_gomod(version: str = versions.KUBERNETES_VERSION) -> str:
     return _gomod_text(
         "kubernetes",
         require={"k8s.io/kubernetes": version},
-        tools=list(versions.KUBERNETES_COMMANDS.values()),
+        tools=[*versions.KUBERNETES_COMMANDS.values(), *versions.KUBERNETES_NODE_COMMANDS.values()],
         replace=dict.fromkeys(staging_modules(upstream), staging),
         godebug=godebug.group(1) if godebug else None,
     )
@@ -110,14 +113,37 @@ def kwok_gomod(version: str = versions.KWOK_VERSION) -> str:
     )
 
 
-def generate(repo: Path, *, tidy: bool = True) -> list[Path]:
+def metrics_server_gomod(version: str = versions.METRICS_SERVER_VERSION) -> str:
+    return _gomod_text(
+        "metrics-server",
+        require={"sigs.k8s.io/metrics-server": version},
+        tools=list(versions.METRICS_SERVER_COMMANDS.values()),
+    )
+
+
+def cri_tools_gomod(version: str = versions.CRI_TOOLS_VERSION) -> str:
+    return _gomod_text(
+        "cri-tools",
+        require={"sigs.k8s.io/cri-tools": version},
+        tools=list(versions.CRI_TOOLS_COMMANDS.values()),
+    )
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "kubernetes": kubernetes_gomod,
+    "etcd": etcd_gomod,
+    "kwok": kwok_gomod,
+    "metrics-server": metrics_server_gomod,
+    "cri-tools": cri_tools_gomod,
+}
+
+
+def generate(repo: Path, *, tidy: bool = True, only: Iterable[str] | None = None) -> list[Path]:
     """(Re)write ``hack/gomod/*/go.mod`` and run ``go mod tidy`` to fill go.sum."""
     written = []
-    for name, text in (
-        ("kubernetes", kubernetes_gomod()),
-        ("etcd", etcd_gomod()),
-        ("kwok", kwok_gomod()),
-    ):
+    names = list(only) if only is not None else list(GENERATORS)
+    for name in names:
+        text = GENERATORS[name]()
         moddir = gomod_root(repo) / name
         moddir.mkdir(parents=True, exist_ok=True)
         (moddir / "go.mod").write_text(text)

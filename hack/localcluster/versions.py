@@ -11,6 +11,8 @@ from typing import Final
 KUBERNETES_VERSION: Final = "v1.34.4"
 ETCD_VERSION: Final = "v3.5.35"
 KWOK_VERSION: Final = "v0.7.0"
+METRICS_SERVER_VERSION: Final = "v0.8.0"
+CRI_TOOLS_VERSION: Final = "v1.34.0"
 
 #: Binary name -> Go main package. Order matters: it is the build order.
 KUBERNETES_COMMANDS: Final = {
@@ -19,8 +21,20 @@ KUBERNETES_COMMANDS: Final = {
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
+#: The real node (``up --real-node``): built from the same pinned module as the control plane,
+#: so node and control plane are one version. The kubelet needs cgo (cadvisor, libcontainer).
+KUBERNETES_NODE_COMMANDS: Final = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+}
+CGO_COMMANDS: Final = frozenset({"kubelet"})
 ETCD_COMMANDS: Final = {"etcd": "go.etcd.io/etcd/server/v3"}
 KWOK_COMMANDS: Final = {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}
+#: crictl: ``down`` removes the pods through the CRI, so their network namespaces, mounts and
+#: IP leases go the proper way before containerd stops.
+CRI_TOOLS_COMMANDS: Final = {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}
+#: Feeds the HPA real CPU usage from the kubelet's summary API (real node only).
+METRICS_SERVER_COMMANDS: Final = {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"}
 
 
 def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:

@@ -1,0 +1,510 @@
+"""Container images for the real node, made on this machine without any registry.
+
+No registry is reachable here, so every image a pod runs is built locally and imported into
+containerd's ``k8s.io`` namespace:
+
+- ``pause``: the pod sandbox, a tiny static C program (``hack/images/pause/pause.c``).
+- ``base``: Debian bookworm with python3.11 from Debian's packages (debootstrap), standing in
+  for ``python:3.11-slim-bookworm`` as the ``PYTHON_IMAGE`` build argument of
+  ``server_image/Dockerfile``.
+- ``server``: the model server, built by buildah from that unchanged Dockerfile.
+
+Each result is an OCI archive in ``${XDG_CACHE_HOME:-~/.cache}/modeldeploy/images/``, named by a
+hash of everything that went into it (sources, package list, base image), so a second run
+rebuilds nothing and a changed Dockerfile or server source rebuilds only the server image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster.binaries import BuildError, cache_root
+
+Log = Callable[[str], None]
+
+IMAGES_SRC = Path(__file__).resolve().parent.parent / "images"
+REPO = Path(__file__).resolve().parents[2]
+
+PAUSE_IMAGE = "localhost/localcluster/pause:1.0"
+BASE_IMAGE = "localhost/modeldeploy/python:3.11-bookworm"
+#: The operator's default (``modeldeploy.settings.DEFAULT_SERVER_IMAGE``), as containerd
+#: spells it after normalising ``modeldeploy/modelserver:0.1.0``.
+SERVER_IMAGE = "docker.io/modeldeploy/modelserver:0.1.0"
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("LOCALCLUSTER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+#: What the Dockerfile needs from its base: ``python`` on PATH, ``python -m venv`` with pip,
+#: CA certificates for ``pip install``.
+BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
+#: Left out of the base layer: caches, docs and what the runtime mounts anyway.
+_BASE_EXCLUDES = (
+    "./dev/*",
+    "./proc/*",
+    "./sys/*",
+    "./run/*",
+    "./tmp/*",
+    "./var/cache/apt/*",
+    "./var/lib/apt/lists/*",
+    "./var/log/*",
+    "./usr/share/doc/*",
+    "./usr/share/man/*",
+    "./usr/share/info/*",
+    "./usr/share/locale/*",
+    "./debootstrap",
+)
+#: Bump when the recipe below changes in a way the hashed inputs do not show.
+_RECIPE = "1"
+
+_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built image: the name containerd will know it by and its OCI archive in the cache."""
+
+    name: str
+    archive: Path
+    key: str
+
+
+def images_cache() -> Path:
+    return cache_root().parent / "images"
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Run a build step with a deadline; on failure raise BuildError with its output's tail."""
+    out = log_path.open("ab") if log_path else None
+    try:
+        proc = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=out if out else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise BuildError(f"{what}: timed out after {timeout:.0f}s") from err
+    finally:
+        if out:
+            out.close()
+    if proc.returncode != 0:
+        if log_path:
+            tail = log_path.read_bytes()[-4000:].decode(errors="replace")
+        else:
+            tail = (proc.stdout or b"")[-4000:].decode(errors="replace")
+        raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ignored(rel: str, patterns: Sequence[str]) -> bool:
+    """A .dockerignore match, for the patterns build contexts use (``**/x``, globs, dirs)."""
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            parts = rel.split("/")
+            tails = ["/".join(parts[i:]) for i in range(len(parts))]
+            if any(fnmatch.fnmatchcase(tail, pattern[3:]) for tail in tails):
+                return True
+        elif fnmatch.fnmatchcase(rel, pattern.rstrip("/")) or rel.startswith(
+            pattern.rstrip("/") + "/"
+        ):
+            return True
+    return False
+
+
+def hash_tree(root: Path) -> str:
+    """Content hash of a build context: relative paths, modes and bytes of what it sends.
+
+    Files the context's ``.dockerignore`` leaves out (caches, local model files) do not
+    count, so they never cause a rebuild.
+    """
+    h = hashlib.sha256()
+    ignore_file = root / ".dockerignore"
+    patterns = [
+        line.strip()
+        for line in (ignore_file.read_text().splitlines() if ignore_file.is_file() else [])
+        if line.strip() and not line.startswith("#") and not line.startswith("!")
+    ]
+    patterns += ["**/__pycache__", "**/*.pyc"]
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not _ignored((base / d).as_posix(), patterns))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if _ignored(rel, patterns):
+                continue
+            h.update(f"{rel}\0{path.stat().st_mode & 0o111:o}\0".encode())
+            h.update(_sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join((_RECIPE, *parts)).encode()).hexdigest()
+
+
+def _tool_version(argv: Sequence[str]) -> str:
+    try:
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "missing"
+
+
+def _need(tool: str, package: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        raise BuildError(f"`{tool}` is not installed: apt-get install -y {package}")
+    return found
+
+
+@contextlib.contextmanager
+def _workdir(prefix: str) -> Iterator[Path]:
+    """A scratch folder in the cache (same filesystem as the results, for atomic renames)."""
+    images_cache().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=images_cache()))
+    try:
+        yield tmp
+    finally:
+        unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unmount_under(path: Path) -> list[str]:
+    """Unmount everything mounted below ``path``, deepest first (debootstrap leaves /proc)."""
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    mounts = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            target = line.split()[4].replace("\\040", " ")
+            if target.startswith(prefix):
+                mounts.append(target)
+    for target in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=30)
+    return mounts
+
+
+# -- OCI archives ----------------------------------------------------------------------------
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def write_oci_archive(
+    dest: Path, name: str, layer_tar: Path, image_config: Mapping[str, Any], created: str
+) -> None:
+    """Write a one-layer image as an OCI archive that ``ctr images import`` and buildah read.
+
+    ``io.containerd.image.name`` carries the full name, so containerd needs no --base-name.
+    """
+    with _workdir("oci") as tmp:
+        layout = tmp / "layout"
+        (layout / "blobs" / "sha256").mkdir(parents=True)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        diff_id = _sha256_file(layer_tar)
+        shutil.copyfile(layer_tar, layout / "blobs" / "sha256" / diff_id)
+        layer = {
+            "mediaType": _OCI_LAYER,
+            "digest": f"sha256:{diff_id}",
+            "size": layer_tar.stat().st_size,
+        }
+        config = {
+            "created": created,
+            "architecture": "amd64",
+            "os": "linux",
+            "config": dict(image_config),
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+            "history": [{"created": created, "created_by": "localcluster.images"}],
+        }
+        config_desc = {
+            "mediaType": _OCI_CONFIG,
+            **_blob(layout, json.dumps(config, sort_keys=True).encode()),
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_MANIFEST,
+            "config": config_desc,
+            "layers": [layer],
+        }
+        manifest_desc = {
+            "mediaType": _OCI_MANIFEST,
+            **_blob(layout, json.dumps(manifest, sort_keys=True).encode()),
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+            },
+        }
+        index = {"schemaVersion": 2, "manifests": [manifest_desc]}
+        (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
+        tmp_dest = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        with tarfile.open(tmp_dest, "w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(layout.rglob("*")):
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(layout).as_posix())
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if info.isfile():
+                    with path.open("rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+        tmp_dest.replace(dest)
+
+
+def _layer_from_dir(rootfs: Path, dest: Path, excludes: Sequence[str] = ()) -> None:
+    """A layer tar of a directory tree, sorted and with numeric owners (GNU tar)."""
+    argv = ["tar", "--sort=name", "--numeric-owner", "--xattrs", "-C", str(rootfs)]
+    argv += [f"--exclude={pattern}" for pattern in excludes]
+    argv += ["-cf", str(dest), "."]
+    _run(argv, what=f"tar {rootfs}", timeout=600)
+
+
+def _cached(kind: str, key: str) -> Path:
+    return images_cache() / f"{kind}-{key[:16]}.oci.tar"
+
+
+# -- pause -----------------------------------------------------------------------------------
+
+
+def _missing(kind: str, archive: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"the {kind} image is not built ({archive} is missing): "
+        "run `python -m localcluster images` or `up --real-node` without --no-build"
+    )
+
+
+def pause_image(log: Log, *, build: bool = True) -> Image:
+    """The sandbox image: one statically linked binary, nothing else."""
+    source = IMAGES_SRC / "pause" / "pause.c"
+    gcc = _need("gcc", "gcc libc6-dev")
+    key = _key("pause", _sha256_file(source), _tool_version([gcc, "--version"]), PAUSE_IMAGE)
+    archive = _cached("pause", key)
+    if archive.is_file():
+        return Image(PAUSE_IMAGE, archive, key)
+    if not build:
+        raise _missing("pause", archive)
+    log(f"building the pause image {PAUSE_IMAGE} (gcc -static)")
+    with _workdir("pause") as tmp:
+        rootfs = tmp / "rootfs"
+        rootfs.mkdir()
+        _run(
+            [gcc, "-static", "-Os", "-s", "-o", str(rootfs / "pause"), str(source)],
+            what="gcc pause.c",
+            timeout=120,
+        )
+        layer = tmp / "layer.tar"
+        _layer_from_dir(rootfs, layer)
+        write_oci_archive(
+            archive,
+            PAUSE_IMAGE,
+            layer,
+            {"Entrypoint": ["/pause"], "User": "65535:65535"},
+            created="1970-01-01T00:00:00Z",
+        )
+    return Image(PAUSE_IMAGE, archive, key)
+
+
+# -- base ------------------------------------------------------------------------------------
+
+
+def base_image(log: Log, *, build: bool = True) -> Image:
+    """Debian bookworm minbase + python3.11 (debootstrap), as an OCI archive."""
+    debootstrap = _need("debootstrap", "debootstrap")
+    key = _key(
+        "base", DEBIAN_SUITE, DEBIAN_MIRROR, ",".join(BASE_PACKAGES), *_BASE_EXCLUDES, BASE_IMAGE
+    )
+    archive = _cached("base", key)
+    if archive.is_file():
+        return Image(BASE_IMAGE, archive, key)
+    if not build:
+        raise _missing("base", archive)
+    log(f"building the base image {BASE_IMAGE} (debootstrap {DEBIAN_SUITE}, a few minutes)")
+    t0 = time.monotonic()
+    with _workdir("base") as tmp:
+        rootfs = tmp / "rootfs"
+        log_path = images_cache() / "base-build.log"
+        log_path.write_text("")
+        _run(
+            [
+                debootstrap,
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                "--components=main",
+                DEBIAN_SUITE,
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            what=f"debootstrap (log: {log_path})",
+            timeout=1200,
+            log_path=log_path,
+        )
+        unmount_under(rootfs)
+        (rootfs / "etc" / "apt" / "sources.list").write_text(
+            f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
+        )
+        layer = tmp / "layer.tar"
+        _layer_from_dir(rootfs, layer, _BASE_EXCLUDES)
+        write_oci_archive(
+            archive,
+            BASE_IMAGE,
+            layer,
+            {
+                "Env": [
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "LANG=C.UTF-8",
+                ],
+                "Cmd": ["python3"],
+            },
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+    log(f"  base image built in {time.monotonic() - t0:.0f}s -> {archive}")
+    return Image(BASE_IMAGE, archive, key)
+
+
+# -- server ----------------------------------------------------------------------------------
+
+
+def _pip_mounts(tmp: Path) -> list[str]:
+    """Build-time only: hand the host's pip settings (index, CA bundle) to ``pip install``.
+
+    Behind a TLS-inspecting proxy pip needs the host's CA bundle; the image's own Debian
+    bundle does not have it. These are bind mounts of RUN steps, never part of the image.
+    """
+    cert = os.environ.get("PIP_CERT") or os.environ.get("REQUESTS_CA_BUNDLE")
+    lines = ["[global]"]
+    mounts: list[str] = []
+    if cert and Path(cert).is_file():
+        mounts.append(f"{cert}:/run/localcluster-ca.crt:ro")
+        lines.append("cert = /run/localcluster-ca.crt")
+    for env, key in (
+        ("PIP_INDEX_URL", "index-url"),
+        ("PIP_EXTRA_INDEX_URL", "extra-index-url"),
+        ("PIP_TRUSTED_HOST", "trusted-host"),
+        ("PIP_DEFAULT_TIMEOUT", "timeout"),
+    ):
+        if os.environ.get(env):
+            lines.append(f"{key} = {os.environ[env]}")
+    conf = tmp / "pip.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    mounts.append(f"{conf}:/etc/pip.conf:ro")
+    return mounts
+
+
+def server_image(
+    log: Log, base: Image, context: Path | None = None, *, build: bool = True
+) -> Image:
+    """``server_image/Dockerfile`` built by buildah on the local base image.
+
+    Throwaway vfs storage per build (no daemon, no state to clean), chroot isolation (no
+    user namespaces or cgroups needed), host network for ``pip install`` from PyPI.
+    """
+    context = context or REPO / "server_image"
+    dockerfile = context / "Dockerfile"
+    if not dockerfile.is_file():
+        raise BuildError(f"{dockerfile} does not exist yet")
+    buildah = _need("buildah", "buildah")
+    key = _key("server", hash_tree(context), base.key, _tool_version([buildah, "--version"]))
+    archive = _cached("server", key)
+    if archive.is_file():
+        return Image(SERVER_IMAGE, archive, key)
+    if not build:
+        raise _missing("server", archive)
+    log(f"building the server image {SERVER_IMAGE} from {dockerfile} (buildah, a few minutes)")
+    t0 = time.monotonic()
+    log_path = images_cache() / "server-build.log"
+    log_path.write_text("")
+    with _workdir("server") as tmp:
+        store = [
+            f"--root={tmp / 'storage'}",
+            f"--runroot={tmp / 'run'}",
+            "--storage-driver=vfs",
+        ]
+        env = dict(os.environ, BUILDAH_ISOLATION="chroot", TMPDIR=str(tmp))
+        env.pop("BUILDAH_LAYERS", None)
+        base_ref = f"oci-archive:{base.archive}"
+        argv = [
+            buildah,
+            *store,
+            "bud",
+            "--isolation=chroot",
+            "--network=host",
+            "--pull=never",
+            f"--build-arg=PYTHON_IMAGE={base_ref}",
+            "--format=oci",
+            f"--tag={SERVER_IMAGE}",
+            f"--file={dockerfile}",
+        ]
+        argv += [f"--volume={m}" for m in _pip_mounts(tmp)]
+        argv.append(str(context))
+        _run(argv, what=f"buildah bud (log: {log_path})", timeout=1800, env=env, log_path=log_path)
+        tmp_archive = archive.with_name(f".{archive.name}.tmp{os.getpid()}")
+        _run(
+            [buildah, *store, "push", SERVER_IMAGE, f"oci-archive:{tmp_archive}:{SERVER_IMAGE}"],
+            what=f"buildah push (log: {log_path})",
+            timeout=600,
+            env=env,
+            log_path=log_path,
+        )
+        tmp_archive.replace(archive)
+    log(f"  server image built in {time.monotonic() - t0:.0f}s -> {archive}")
+    return Image(SERVER_IMAGE, archive, key)
+
+
+def build_all(log: Log, *, server: bool = True, build: bool = True) -> list[Image]:
+    """Pause, base and (when its Dockerfile exists) the server image; cached by content."""
+    images = [pause_image(log, build=build)]
+    base = base_image(log, build=build)
+    images.append(base)
+    if server and (REPO / "server_image" / "Dockerfile").is_file():
+        images.append(server_image(log, base, build=build))
+    return images
+
+
+def require(*, server: bool = True) -> list[Image]:
+    """The cached images, never building: FileNotFoundError says how to build them."""
+    return build_all(print, server=server, build=False)
+
+
+def import_images(ctr: str, address: Path, images: Sequence[Image], log: Log) -> None:
+    """Load archives into containerd's ``k8s.io`` namespace (the CRI's), unpacked."""
+    for image in images:
+        t0 = time.monotonic()
+        _run(
+            [ctr, f"--address={address}", "-n", "k8s.io", "images", "import", str(image.archive)],
+            what=f"ctr images import {image.archive}",
+            timeout=600,
+        )
+        log(f"  imported {image.name} ({time.monotonic() - t0:.1f}s)")

@@ -1,0 +1,123 @@
+"""Fixtures for the end-to-end tests: a cluster with a real node, the operator, namespaces.
+
+The session starts its own cluster (``localcluster`` with ``real_node=True``) in a temporary
+root, or uses one that is already up with a real node under ``LOCALCLUSTER_E2E_ROOT`` (for
+example ``.cluster`` after ``python -m localcluster up --real-node``), which it leaves running.
+Binaries and images must be built first (``make e2e`` does it): a cold build takes far longer
+than a test may.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+import localcluster
+from localcluster import binaries, images, node
+
+from .support import EXAMPLE_MODEL, Models, image_file, install_crd, operator_kubeconfig
+from .support import operator_process as _operator_process
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test (``-m "not e2e"`` leaves it out)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.Cluster]:
+    """A cluster whose one node is real: containerd, kubelet, kube-proxy, metrics-server."""
+    if os.geteuid() != 0:
+        pytest.skip("the real node needs root")
+    missing = [
+        name
+        for name, path in binaries.locate_all([b.name for b in binaries.known_binaries()]).items()
+        if path is None
+    ]
+    if missing:
+        pytest.fail(
+            f"binaries not built ({', '.join(missing)}): run `make e2e` or "
+            "`python -m localcluster build --real-node`",
+            pytrace=False,
+        )
+    root_env = os.environ.get("LOCALCLUSTER_E2E_ROOT")
+    root = Path(root_env) if root_env else tmp_path_factory.mktemp("e2e-cluster")
+    c = localcluster.Cluster(root=root, real_node=True)
+    if not c.is_up():
+        try:
+            images.require()
+        except FileNotFoundError as err:
+            pytest.fail(str(err), pytrace=False)
+    started = c.up()
+    yield c
+    if started:
+        c.down(keep_logs=True)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: localcluster.Cluster) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: localcluster.Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """The CRD installed and the operator running (as its ServiceAccount) for the session."""
+    install_crd(cluster)
+    folder = tmp_path_factory.mktemp("operator")
+    kubeconfig = operator_kubeconfig(cluster, folder / "kubeconfig")
+    log = cluster.layout.logs / "operator.log"
+    with _operator_process(kubeconfig, log):
+        yield
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (its pods go with it)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+@pytest.fixture
+def models(api_client: client.ApiClient, namespace: str, operator: None) -> Models:
+    return Models(api_client, namespace)
+
+
+@pytest.fixture(scope="session")
+def server_archive(cluster: localcluster.Cluster) -> Path:
+    """The OCI archive of the server image the node runs (imported at ``up``)."""
+    return cluster.node_images()[images.SERVER_IMAGE]
+
+
+@pytest.fixture(scope="session")
+def example_model(server_archive: Path) -> bytes:
+    """The bytes of the example model inside the image: what in-process predictions use."""
+    return image_file(server_archive, EXAMPLE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def node_ip() -> str:
+    """Where a server the test starts is reachable from pods: the node's bridge address."""
+    return node.NODE_IP

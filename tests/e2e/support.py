@@ -1,0 +1,413 @@
+"""Helpers for the end-to-end tests: the operator as a process, Services called for real.
+
+Everything here talks to a cluster with a real node (``localcluster up --real-node``): pods run
+the server image, Service IPs are routed by kube-proxy, and the host reaches them through the
+node's bridge (it is itself on the pod network at ``localcluster.node.NODE_IP``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import localcluster
+from modeldeploy import api
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "modeldeploy-system"
+OPERATOR_SA = "modeldeploy-operator"
+EXAMPLE_MODEL = "/opt/models/iris/model.joblib"
+
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# -- files from the server image -------------------------------------------------------------
+
+
+def image_file(archive: Path, path: str) -> bytes:
+    """A file's bytes from an OCI archive (the upper-most layer that has it).
+
+    The tests compare the server's answers with the very model file the image carries.
+    """
+    wanted = path.lstrip("/")
+    with tarfile.open(archive) as outer:
+
+        def blob(digest: str) -> bytes:
+            member = outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert member is not None
+            return member.read()
+
+        index = json.loads(blob_from(outer, "index.json"))
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        for layer in reversed(manifest["layers"]):
+            data = blob(layer["digest"])
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                for name in (wanted, f"./{wanted}"):
+                    with contextlib.suppress(KeyError):
+                        member = tar.extractfile(name)
+                        if member is not None:
+                            return member.read()
+    raise FileNotFoundError(f"{path} not in {archive}")
+
+
+def blob_from(tar: tarfile.TarFile, name: str) -> bytes:
+    member = tar.extractfile(name)
+    assert member is not None
+    return member.read()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- the operator ----------------------------------------------------------------------------
+
+
+def kubectl_apply(cluster: localcluster.Cluster, text: str, namespace: str | None = None) -> None:
+    args = ["apply", "--server-side", "--field-manager=e2e", "-f", "-"]
+    cluster.kubectl(*(["-n", namespace] if namespace else []), *args, input=text)
+
+
+def install_crd(cluster: localcluster.Cluster) -> None:
+    kubectl_apply(
+        cluster, (ROOT / "crds" / "serving.modeldeploy.io_modeldeployments.yaml").read_text()
+    )
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        f"crd/{api.PLURAL}.{api.GROUP}",
+        "--timeout=60s",
+    )
+
+
+def operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
+    """A kubeconfig with a token of the operator's ServiceAccount (manifests/rbac.yaml)."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    kubectl_apply(cluster, yaml.safe_dump(namespace))
+    kubectl_apply(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=4h"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    entry = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": entry}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m modeldeploy`` as users run it, with its default server image."""
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modeldeploy", "--metrics-port=0", "--health-port=0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    try:
+        time.sleep(2)
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited {proc.returncode}: {log_path.read_text()}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# -- ModelDeployments ------------------------------------------------------------------------
+
+
+class Models:
+    """ModelDeployments of one namespace, and calls to their Services."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str):
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, body
+        )
+        return result
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
+        )
+        return result
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
+        )
+        return result
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        body = self.get(name)
+        for cond in (body.get("status") or {}).get("conditions") or []:
+            if (
+                cond["type"] == type_
+                and cond.get("observedGeneration") == (body["metadata"]["generation"])
+            ):
+                return dict(cond)
+        return None
+
+    def wait_condition(
+        self, name: str, type_: str, status: str = "True", timeout: float = 180
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            cond = self.condition(name, type_)
+            return cond if cond and cond["status"] == status else None
+
+        return wait_for(f"{name} {type_}={status}", probe, timeout=timeout, interval=1)
+
+    def cluster_ip(self, name: str) -> str:
+        ip: str = self.core.read_namespaced_service(name, self.namespace).spec.cluster_ip
+        return ip
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        selector = f"app.kubernetes.io/name=modelserver,app.kubernetes.io/instance={name}"
+        items: list[client.V1Pod] = self.core.list_namespaced_pod(
+            self.namespace, label_selector=selector
+        ).items
+        return items
+
+    def rolled_out(self, name: str) -> bool:
+        """Every replica runs the newest template and no old pod is left."""
+        try:
+            dep = self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException:
+            return False
+        st = dep.status
+        want = dep.spec.replicas or 0
+        return bool(
+            st.observed_generation == dep.metadata.generation
+            and (st.updated_replicas or 0) == want
+            and (st.replicas or 0) == want
+            and (st.ready_replicas or 0) == want
+        )
+
+
+def http_json(
+    url: str, body: Any | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
+    """GET (or POST ``body`` as JSON); the status and the decoded JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"} if data else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return err.code, {"raw": raw.decode(errors="replace")}
+
+
+def wait_routed(url: str, timeout: float = 30.0) -> None:
+    """Wait until ``url`` answers 200 through the Service.
+
+    A Ready ModelDeployment means ready pods; kube-proxy programs their endpoints a moment
+    later, and until then a ClusterIP refuses connections.
+    """
+
+    def answers() -> bool:
+        try:
+            return http_json(url, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(f"{url} to answer through the Service", answers, timeout=timeout, interval=0.2)
+
+
+def v2_request(rows: list[list[float]]) -> dict[str, Any]:
+    flat = [value for row in rows for value in row]
+    return {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(rows), len(rows[0])],
+                "datatype": "FP64",
+                "data": flat,
+            }
+        ]
+    }
+
+
+# -- a model file server on the node's network -----------------------------------------------
+
+
+@contextlib.contextmanager
+def file_server(
+    files: dict[str, bytes], host: str, delay: float = 0.0
+) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``files`` over HTTP on ``host`` (the node's bridge IP, reachable from pods).
+
+    Yields the base URL and the list of paths requested so far. ``delay`` holds each answer
+    back, so a test can see a pod stay unready while its model is still on the way.
+    """
+    requested: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# -- a client pod on the pod network ---------------------------------------------------------
+
+#: Runs in the server image (it has Python): requests in a loop, one JSON line per second.
+LOAD_CLIENT = r"""
+import json, sys, threading, time, urllib.request
+url, workers = sys.argv[1], int(sys.argv[2])
+body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
+headers = {"Content-Type": "application/json"}
+counts = {"ok": 0, "failed": 0}
+errors = []
+lock = threading.Lock()
+def work():
+    while True:
+        try:
+            req = urllib.request.Request(url, data=body, headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                ok = resp.status == 200 and len(json.loads(resp.read())["predictions"]) == 2
+            err = None if ok else "bad answer"
+        except Exception as e:  # every failure counts, whatever it is
+            ok, err = False, f"{type(e).__name__}: {e}"
+        with lock:
+            counts["ok" if ok else "failed"] += 1
+            if err and len(errors) < 20:
+                errors.append(f"{time.strftime('%H:%M:%S')} {err}")
+for _ in range(workers):
+    threading.Thread(target=work, daemon=True).start()
+while True:
+    time.sleep(1)
+    with lock:
+        print(json.dumps({**counts, "errors": errors}), flush=True)
+"""
+
+
+def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "client",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", LOAD_CLIENT, url, str(workers)],
+                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def client_counts(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    """The load client's latest counters (its last log line), or None before the first."""
+    try:
+        logs: str = core.read_namespaced_pod_log(name, namespace, tail_lines=1)
+    except ApiException:
+        return None
+    lines = [line for line in logs.splitlines() if line.startswith("{")]
+    if not lines:
+        return None
+    counts: dict[str, Any] = json.loads(lines[-1])
+    return counts
