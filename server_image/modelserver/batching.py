@@ -7,8 +7,8 @@ in the socket buffers, and the next flush takes all of them at once.
 
 When to flush: a lone request (the last flush held one request) is run at the next loop turn, so
 concurrency 1 pays no wait. Under concurrency, the batcher waits until as many requests as in the
-last flush have arrived, or at most `max_wait` seconds after the first one, whichever is first. A
-flush never holds more than `max_batch_size` rows; a larger single request runs alone, in a thread.
+last flush have arrived, or at most `max_wait` seconds after the first one, whichever is first. No
+predict call holds more than `max_batch_size` rows; a larger single request runs alone, in a thread.
 """
 
 from __future__ import annotations
