@@ -28,11 +28,30 @@ from .support import operator_process as _operator_process
 HERE = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e is an e2e test (``-m "not e2e"`` leaves it out)."""
+def _requested(config: pytest.Config) -> bool:
+    """Only an explicit ask runs e2e tests: ``-m e2e``, a path in tests/e2e, or E2E=1.
+
+    A plain ``pytest`` (what ``make test`` and CI run) would otherwise start a real node,
+    which needs root and minutes of building first.
+    """
+    if os.environ.get("E2E", "").lower() in {"1", "true", "yes"}:
+        return True
+    markexpr = str(config.getoption("markexpr") or "")
+    if re.search(r"(?<!not )\be2e\b", markexpr):
+        return True
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return any(path == HERE or HERE in path.parents for path in paths)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test, skipped unless asked for."""
+    wanted = _requested(config)
+    skip = pytest.mark.skip(reason="e2e: needs a real node; run `make e2e` (or pytest -m e2e)")
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.e2e)
+            if not wanted:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

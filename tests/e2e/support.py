@@ -403,7 +403,9 @@ def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, 
 def client_counts(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
     """The load client's latest counters (its last log line), or None before the first."""
     try:
-        logs: str = core.read_namespaced_pod_log(name, namespace, tail_lines=1)
+        # Raw bytes: the client would turn a JSON log line into a dict's repr otherwise.
+        resp = core.read_namespaced_pod_log(name, namespace, tail_lines=1, _preload_content=False)
+        logs = resp.data.decode()
     except ApiException:
         return None
     lines = [line for line in logs.splitlines() if line.startswith("{")]
