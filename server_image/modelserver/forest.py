@@ -5,7 +5,8 @@ task per tree and each tree validates its input again, tens of microseconds per 
 forest takes milliseconds even for a single row. This module calls each fitted tree's compiled
 `tree_.predict` directly and combines the results with the operations scikit-learn uses, in the same
 order (sum over trees in order, divide by their number, argmax into `classes_`), so the answers are
-the same to the last bit. `verified` checks exactly that on the model itself before it is used, and
+the same to the last bit. A Pipeline ending in such a forest runs its transformers as scikit-learn
+does, then the trees. `verified` checks exactly that on the model itself before it is used, and
 the runtime falls back to scikit-learn for anything not covered here (several outputs, missing
 values, input it would reject).
 """
@@ -22,6 +23,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,34 @@ class ForestPath:
         return total
 
 
-def for_estimator(estimator: Any) -> ForestPath | None:
-    """A fast path for exactly these forest classes with one output, else None."""
+class PipelinePath:
+    """A pipeline ending in a forest: its transformers as scikit-learn runs them, then the trees."""
+
+    def __init__(self, transformers: list[Any], forest: ForestPath) -> None:
+        self._transformers = transformers
+        self._forest = forest
+
+    def run(self, method: str, x: np.ndarray) -> np.ndarray | None:
+        """As `ForestPath.run`, after the pipeline's transform steps."""
+        for transformer in self._transformers:
+            x = transformer.transform(x)
+        return self._forest.run(method, np.asarray(x))
+
+
+def for_estimator(estimator: Any) -> ForestPath | PipelinePath | None:
+    """A fast path for a single-output forest of exactly these classes, alone or as the last step
+    of a Pipeline; None for anything else."""
+    if type(estimator) is Pipeline:
+        *steps, (_, final) = estimator.steps
+        transformers = [step for _, step in steps if step is not None and step != "passthrough"]
+        forest = _forest_path(final)
+        if forest is None or not all(hasattr(step, "transform") for step in transformers):
+            return None
+        return PipelinePath(transformers, forest)
+    return _forest_path(estimator)
+
+
+def _forest_path(estimator: Any) -> ForestPath | None:
     if type(estimator) not in (*_CLASSIFIERS, *_REGRESSORS):
         return None
     if getattr(estimator, "n_outputs_", None) != 1 or not getattr(estimator, "estimators_", None):
@@ -82,10 +110,14 @@ def for_estimator(estimator: Any) -> ForestPath | None:
 
 
 def probe_rows(estimator: Any, rows: int = 256, seed: int = 0) -> np.ndarray:
-    """Rows that reach many leaves: each value sits on, just below or just above a split threshold
-    the trees use for its feature (or is zero when the feature is never split on)."""
+    """Rows that reach many leaves. For a bare forest each value sits on, just below or just above
+    a split threshold its trees use for that feature (zero when none does); in front of a pipeline,
+    whose thresholds are in transformed units, values of many magnitudes and both signs."""
     rng = np.random.default_rng(seed)
     n_features = int(estimator.n_features_in_)
+    if type(estimator) is Pipeline:
+        magnitudes = 10.0 ** rng.uniform(-2, 3, size=(rows, n_features))
+        return rng.normal(size=(rows, n_features)) * magnitudes
     thresholds: list[list[float]] = [[] for _ in range(n_features)]
     for member in estimator.estimators_[:20]:
         tree = member.tree_
@@ -102,12 +134,13 @@ def probe_rows(estimator: Any, rows: int = 256, seed: int = 0) -> np.ndarray:
     return probe
 
 
-def verified(path: ForestPath, estimator: Any) -> bool:
+def verified(path: ForestPath | PipelinePath, estimator: Any) -> bool:
     """Whether the fast path gives exactly scikit-learn's answers for this model."""
     probe = probe_rows(estimator)
     methods = ["predict"] + (["predict_proba"] if hasattr(estimator, "predict_proba") else [])
-    saved_jobs = estimator.n_jobs
-    estimator.n_jobs = None  # the reference sums trees in order, as the fast path does
+    forest = estimator.steps[-1][1] if type(estimator) is Pipeline else estimator
+    saved_jobs = forest.n_jobs
+    forest.n_jobs = None  # the reference sums trees in order, as the fast path does
     try:
         for method in methods:
             for rows in (probe[:1], probe):
@@ -117,5 +150,5 @@ def verified(path: ForestPath, estimator: Any) -> bool:
                     log.warning("forest fast path differs from scikit-learn; not used")
                     return False
     finally:
-        estimator.n_jobs = saved_jobs
+        forest.n_jobs = saved_jobs
     return True

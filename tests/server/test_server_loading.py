@@ -20,6 +20,8 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from modelserver import loader
 from modelserver.errors import ModelLoadError
@@ -167,6 +169,10 @@ def test_port_in_use_is_reported(models: Models, tmp_path: Path) -> None:
     assert "cannot listen on 127.0.0.1" in server.termination_log.read_text()
 
 
+def _steps(model: Any) -> list[Any]:
+    return [step for _, step in model.steps] if hasattr(model, "steps") else [model]
+
+
 @pytest.mark.parametrize(
     "forest",
     [
@@ -174,8 +180,10 @@ def test_port_in_use_is_reported(models: Models, tmp_path: Path) -> None:
         ExtraTreesClassifier(n_estimators=20, random_state=0, n_jobs=2),
         RandomForestRegressor(n_estimators=20, random_state=0),
         ExtraTreesRegressor(n_estimators=10, random_state=0),
+        make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=20, random_state=0)),
+        make_pipeline(StandardScaler(), "passthrough", RandomForestRegressor(n_estimators=10)),
     ],
-    ids=lambda forest: type(forest).__name__,
+    ids=lambda model: "+".join(type(step).__name__ for step in _steps(model)),
 )
 def test_forests_get_a_fast_path_with_exactly_sklearns_answers(forest: Any, tmp_path: Path) -> None:
     if is_classifier(forest):
@@ -210,5 +218,5 @@ def test_forest_fast_path_leaves_non_finite_input_to_sklearn(models: Models) -> 
         model.run("predict", rows)
 
 
-def test_pipelines_and_other_models_have_no_fast_path(models: Models) -> None:
+def test_models_without_a_forest_have_no_fast_path(models: Models) -> None:
     assert not loader.load(str(models.path("iris.joblib")), "joblib", None).info.fast_path
