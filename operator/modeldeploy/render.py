@@ -7,6 +7,7 @@ Deployment's ``replicas`` under autoscaling is the important case).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -194,6 +195,22 @@ def model_placement(model: api.ModelSource) -> ModelPlacement:
     )
 
 
+def cpu_cores(quantity: int | str) -> float:
+    """A CPU quantity (2, "1.5", "500m") in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def server_workers(resources: Obj) -> int:
+    """Server processes: the CPU limit (or, without one, the request) rounded up, at least 1.
+
+    Without this the server would size itself from the node's CPU count when no limit is set,
+    and load one copy of the model per node CPU.
+    """
+    cpu = (resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu")
+    return max(1, math.ceil(cpu_cores(cpu))) if cpu is not None else 1
+
+
 def _model_env(owner: Owner, model: api.ModelSource, uri: str) -> list[Obj]:
     env = [
         {"name": "MODEL_NAME", "value": owner.name},
@@ -244,6 +261,7 @@ def render_deployment(body: Any, spec: api.ModelDeploymentSpec, settings: Settin
     rollout = spec.rollout or api.Rollout()
     labels = {**common_labels(owner), LABEL_COMPONENT: "predictor"}
 
+    resources = _resources(spec)
     server: Obj = {
         "name": "server",
         "image": image,
@@ -251,13 +269,14 @@ def render_deployment(body: Any, spec: api.ModelDeploymentSpec, settings: Settin
         "env": [
             *_model_env(owner, spec.model, placement.served_uri),
             {"name": "PORT", "value": str(SERVER_PORT)},
+            {"name": "WORKERS", "value": str(server_workers(resources))},
         ],
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         # Big models load slowly: allow up to 10 minutes before liveness starts counting.
         "startupProbe": _probe("/v2/health/live", period=5, failures=120),
-        "resources": _resources(spec),
+        "resources": resources,
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Keep serving while the endpoints controller takes the pod out of the Service.

@@ -218,3 +218,22 @@ def test_selector_labels_never_include_mutable_fields(settings: Settings) -> Non
         "Deployment"
     ]
     assert first["spec"]["selector"] == second["spec"]["selector"]
+
+
+@pytest.mark.parametrize(
+    ("resources", "workers"),
+    [
+        (None, "1"),  # default: 250m requested, no limit
+        ({"requests": {"cpu": "500m"}, "limits": {"cpu": 2}}, "2"),
+        ({"requests": {"cpu": "1500m"}}, "2"),
+        ({"limits": {"cpu": "2.5", "memory": "1Gi"}}, "3"),
+        ({"requests": {"memory": "1Gi"}}, "1"),
+    ],
+)
+def test_server_workers_follow_the_cpu_limit_not_the_node(
+    resources: dict[str, Any] | None, workers: str, settings: Settings
+) -> None:
+    spec: dict[str, Any] = {"model": {"uri": "file:///m"}}
+    if resources:
+        spec["resources"] = resources
+    assert _env(_server(_children(spec, settings)["Deployment"]))["WORKERS"] == workers
