@@ -112,6 +112,11 @@ class ModelSource(
                 ".uri",
             ),
             cel(
+                "!has(self.trustedTypes) || self.format == 'skops'",
+                "trustedTypes only applies to format: skops",
+                ".trustedTypes",
+            ),
+            cel(
                 "!has(self.credentialsSecret) || "
                 "self.uri.startsWith('s3://') || self.uri.startsWith('http')",
                 "credentialsSecret is only used to download http(s):// and s3:// models",
@@ -141,6 +146,12 @@ class ModelSource(
 
     version: str | None = Field(default=None, max_length=63)
     """Free-text version shown in status; changing it rolls out like any spec change."""
+
+    trusted_types: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=32
+    )
+    """skops only: extra types the file may contain beyond skops' defaults, for example
+    sklearn.tree._tree.Tree for tree ensembles. Each one is code you trust."""
 
     credentials_secret: str | None = Field(
         default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"

@@ -221,6 +221,8 @@ def _model_env(owner: Owner, model: api.ModelSource, uri: str) -> list[Obj]:
         env.append({"name": "MODEL_DIGEST", "value": model.digest})
     if model.version:
         env.append({"name": "MODEL_VERSION", "value": model.version})
+    if model.trusted_types:
+        env.append({"name": "MODEL_TRUSTED_TYPES", "value": ",".join(model.trusted_types)})
     return env
 
 

@@ -219,6 +219,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         "spec.networkPolicy.allowFrom[0]",
     ),
     ({"model": {"uri": "file:///m", "credentialsSecret": "creds"}}, "spec.model.credentialsSecret"),
+    ({"model": {"uri": "file:///m", "trustedTypes": ["a.B"]}}, "spec.model.trustedTypes"),
     ({"replicas": 1}, "spec.model"),
     ({"model": {"uri": "file:///m"}, "replica": 2}, "spec.replica"),
 ]

@@ -237,3 +237,16 @@ def test_server_workers_follow_the_cpu_limit_not_the_node(
     if resources:
         spec["resources"] = resources
     assert _env(_server(_children(spec, settings)["Deployment"]))["WORKERS"] == workers
+
+
+def test_skops_trusted_types_reach_the_server(settings: Settings) -> None:
+    spec = {
+        "model": {
+            "uri": "file:///m",
+            "format": "skops",
+            "trustedTypes": ["sklearn.tree._tree.Tree", "x.Y"],
+        }
+    }
+    env = _env(_server(_children(spec, settings)["Deployment"]))
+    assert env["MODEL_TRUSTED_TYPES"] == "sklearn.tree._tree.Tree,x.Y"
+    assert env["MODEL_FORMAT"] == "skops"
