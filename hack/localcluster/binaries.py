@@ -111,6 +111,12 @@ def _cri_tools_stamp(b: Binary) -> Mapping[str, str]:
     return {"sigs.k8s.io/cri-tools/pkg/version.Version": b.version}
 
 
+def _kube_router_stamp(b: Binary) -> Mapping[str, str]:
+    info = _module_info(b.module, b.version)
+    pkg = "github.com/cloudnativelabs/kube-router/v2/pkg/version"
+    return {f"{pkg}.Version": b.version, f"{pkg}.BuildDate": info["Time"]}
+
+
 def _no_stamp(_: Binary) -> Mapping[str, str]:
     # kwok's consts.Version is "0.7.0" in the tagged source already.
     return {}
@@ -141,7 +147,8 @@ def all_binaries() -> list[Binary]:
 
 
 def node_binaries() -> list[Binary]:
-    """What ``up --real-node`` needs on top: kubelet, kube-proxy, metrics-server, crictl.
+    """What ``up --real-node`` needs on top of the control plane: kubelet, kube-proxy,
+    metrics-server, crictl and kube-router.
 
     Kept out of the default build so the KWOK-only cluster (CI's) stays a 10-minute cold build.
     """
@@ -179,13 +186,25 @@ def node_binaries() -> list[Binary]:
         )
         for name, pkg in versions.CRI_TOOLS_COMMANDS.items()
     ]
-    return [*kube, *metrics, *crictl]
+    router = [
+        Binary(
+            name,
+            versions.KUBE_ROUTER_VERSION,
+            "github.com/cloudnativelabs/kube-router/v2",
+            "kube-router",
+            pkg,
+            _kube_router_stamp,
+        )
+        for name, pkg in versions.KUBE_ROUTER_COMMANDS.items()
+    ]
+    return [*kube, *metrics, *crictl, *router]
 
 
 NODE_BINARY_NAMES = (
     *versions.KUBERNETES_NODE_COMMANDS,
     *versions.METRICS_SERVER_COMMANDS,
     *versions.CRI_TOOLS_COMMANDS,
+    *versions.KUBE_ROUTER_COMMANDS,
 )
 
 

@@ -265,8 +265,10 @@ def node_clients(node_name: str) -> dict[str, tuple[str, str | None]]:
         "kube-proxy": ("system:kube-proxy", None),
         # The apiserver's identity towards kubelets (logs, exec), authorized by their webhook.
         "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
-        # A harness component like kwok: reads node metrics and serves the metrics API.
+        # Harness components like kwok: metrics-server reads node metrics and serves the
+        # metrics API; kube-router watches pods, namespaces and NetworkPolicies.
         "metrics-server": ("system:metrics-server", "system:masters"),
+        "kube-router": ("system:kube-router", "system:masters"),
     }
 
 

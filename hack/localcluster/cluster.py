@@ -505,7 +505,7 @@ class Cluster:
     def _write_node_files(self, pki: certs.Pki, server: str, ports: NodePorts) -> None:
         """The node's certs, kubeconfigs and config files (containerd, CNI, kubelet, proxy)."""
         certs.generate_node(pki.dir, node_name=node.NODE_NAME, node_ips=(node.NODE_IP, "127.0.0.1"))
-        for who in ("kubelet", "kube-proxy", "metrics-server"):
+        for who in ("kubelet", "kube-proxy", "kube-router", "metrics-server"):
             kubeconfig.write(
                 self.node_layout.kubeconfig(who),
                 server=server,
@@ -526,6 +526,8 @@ class Cluster:
             return node.kubelet_cmd(bins["kubelet"], nl)
         if name == "kube-proxy":
             return node.proxy_cmd(bins["kube-proxy"], nl)
+        if name == "kube-router":
+            return node.kube_router_cmd(bins["kube-router"], nl, components.SERVICE_CIDR)
         return node.metrics_server_cmd(bins["metrics-server"], nl, ports, pki)
 
     def _start_node(
@@ -538,7 +540,8 @@ class Cluster:
         built: list[images.Image],
         deadline: float,
     ) -> None:
-        """Host set-up, containerd with the images, kubelet, kube-proxy, metrics-server."""
+        """Host set-up, containerd with the images, kubelet, kube-proxy, kube-router and
+        metrics-server."""
         nl = self.node_layout
         undo: dict[str, Any] = {}
         state["host"] = undo
@@ -560,10 +563,12 @@ class Cluster:
         self._wait("kubelet /healthz", lambda: kubelet.ok("/healthz"), deadline)
         self._wait(f"node {node.NODE_NAME} Ready", lambda: node.node_ready(api), deadline)
 
-        self.log("starting kube-proxy (iptables mode) and metrics-server")
+        self.log("starting kube-proxy (iptables mode), kube-router (NetworkPolicy), metrics-server")
         launch("kube-proxy")
         proxy = ApiClient(f"http://127.0.0.1:{ports.proxy_healthz}")
         self._wait("kube-proxy /healthz", lambda: proxy.ok("/healthz"), deadline)
+        launch("kube-router")
+        self._wait("kube-router's policy chains", node.firewall_ready, deadline)
         launch("metrics-server")
         node.register_metrics_api(api, ports.metrics_server)
         self._wait("metrics API Available", lambda: node.metrics_api_available(api), deadline)
@@ -636,15 +641,15 @@ class Cluster:
         left, then kube-proxy's rules, mounts, cgroups, and the host settings.
         """
         nl = self.node_layout
-        stopped = process.stop(
-            [recs[n] for n in ("metrics-server", "kube-proxy", "kubelet") if n in recs]
-        )
+        first = ("metrics-server", "kube-router", "kube-proxy", "kubelet")
+        stopped = process.stop([recs[n] for n in first if n in recs])
         found = binaries.locate_all(["crictl", "kube-proxy"])
         if "containerd" in recs and process.alive(recs["containerd"]):
             node.remove_pods(found.get("crictl"), nl, self.log)
         stopped += process.stop([recs["containerd"]] if "containerd" in recs else [])
         node.kill_shims(nl, self.log)
         node.proxy_cleanup(found.get("kube-proxy"), self.log)
+        node.remove_router_rules(self.log)
         unmounted = node.unmount_under(self.root)
         if unmounted:
             self.log(f"  unmounted {unmounted} leftover mounts under {self.root}")

@@ -129,13 +129,52 @@ def cri_tools_gomod(version: str = versions.CRI_TOOLS_VERSION) -> str:
     )
 
 
+_REQUIRE_RE = re.compile(r"^(?:require\s+|\t)([\w./~-]+)\s+(v\S+)")
+
+
+def upstream_requires(gomod: str) -> dict[str, str]:
+    """Every ``require`` of a go.mod (block or single line), module -> version."""
+    found: dict[str, str] = {}
+    in_block = False
+    for line in gomod.splitlines():
+        if line.startswith("require ("):
+            in_block = True
+            continue
+        if in_block and line.startswith(")"):
+            in_block = False
+            continue
+        if (in_block and line.startswith("\t")) or line.startswith("require "):
+            match = _REQUIRE_RE.match(line)
+            if match:
+                found[match.group(1)] = match.group(2)
+    return found
+
+
+def kube_router_gomod(version: str = versions.KUBE_ROUTER_VERSION) -> str:
+    """kube-router's own requirements, verbatim: what ``go install ...@v2.1.0`` would build.
+
+    ``go mod tidy`` would resolve packages its (incomplete for tidy) go.mod does not list at
+    their newest versions and upgrade half the dependencies; copying the requirements and
+    filling go.sum with ``go list -deps`` keeps the released dependency set.
+    """
+    module = "github.com/cloudnativelabs/kube-router/v2"
+    return _gomod_text(
+        "kube-router",
+        require={module: version, **upstream_requires(download_gomod(module, version))},
+        tools=list(versions.KUBE_ROUTER_COMMANDS.values()),
+    )
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "kubernetes": kubernetes_gomod,
     "etcd": etcd_gomod,
     "kwok": kwok_gomod,
     "metrics-server": metrics_server_gomod,
     "cri-tools": cri_tools_gomod,
+    "kube-router": kube_router_gomod,
 }
+#: Wrappers whose go.sum is filled without ``go mod tidy`` (see kube_router_gomod).
+_NO_TIDY = {"kube-router": list(versions.KUBE_ROUTER_COMMANDS.values())}
 
 
 def generate(repo: Path, *, tidy: bool = True, only: Iterable[str] | None = None) -> list[Path]:
@@ -147,7 +186,16 @@ def generate(repo: Path, *, tidy: bool = True, only: Iterable[str] | None = None
         moddir = gomod_root(repo) / name
         moddir.mkdir(parents=True, exist_ok=True)
         (moddir / "go.mod").write_text(text)
-        if tidy:
+        if tidy and name in _NO_TIDY:
+            (moddir / "go.sum").unlink(missing_ok=True)
+            subprocess.run(
+                ["go", "list", "-mod=mod", "-deps", *_NO_TIDY[name]],
+                cwd=moddir,
+                check=True,
+                env=go_env(),
+                stdout=subprocess.DEVNULL,
+            )
+        elif tidy:
             subprocess.run(["go", "mod", "tidy"], cwd=moddir, check=True, env=go_env())
         written.append(moddir / "go.mod")
     return written

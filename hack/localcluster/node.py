@@ -1,4 +1,4 @@
-"""A real node for the local cluster: containerd, kubelet, kube-proxy and metrics-server.
+"""A real node for the local cluster: containerd, kubelet, kube-proxy, kube-router, metrics-server.
 
 KWOK nodes make pods Ready without running them; this module runs them. Everything a real node
 changes on the host is set up here and undone by ``teardown``: a bridge with the pod network
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ SYSCTLS = {
     "net/bridge/bridge-nf-call-iptables": "1",  # kube-proxy's DNAT must see bridged packets
 }
 #: Order of the node's processes; ``down`` stops them in reverse (kubelet before containerd).
-ORDER = ("containerd", "kubelet", "kube-proxy", "metrics-server")
+ORDER = ("containerd", "kubelet", "kube-proxy", "kube-router", "metrics-server")
 HOST_TOOLS = {
     "containerd": "containerd",
     "containerd-shim-runc-v2": "containerd",
@@ -55,6 +56,7 @@ HOST_TOOLS = {
     "ctr": "containerd",
     "ip": "iproute2",
     "iptables": "iptables",
+    "ipset": "ipset",
     "mount": "mount",
     "tar": "tar",
 }
@@ -488,6 +490,79 @@ def kubelet_cmd(binary: Path, lay: NodeLayout) -> list[str]:
 
 def proxy_cmd(binary: Path, lay: NodeLayout) -> list[str]:
     return [str(binary), f"--config={lay.proxy_config}", "--v=1"]
+
+
+def kube_router_cmd(binary: Path, lay: NodeLayout, service_cidr: str) -> list[str]:
+    """kube-router as a NetworkPolicy controller only; kube-proxy and our CNI do the rest."""
+    return [
+        str(binary),
+        f"--kubeconfig={lay.kubeconfig('kube-router')}",
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--enable-cni=false",
+        "--enable-ipv6=false",
+        "--enable-pod-egress=false",
+        f"--hostname-override={NODE_NAME}",
+        f"--service-cluster-ip-range={service_cidr}",
+        # No listening ports at all: its health and metrics servers bind every address.
+        "--health-port=0",
+        "--metrics-port=0",
+        "--iptables-sync-period=30s",
+        "--v=1",
+    ]
+
+
+def firewall_ready() -> bool:
+    """kube-router has installed its filter chains (its first full sync is done)."""
+    return (
+        subprocess.run(
+            ["iptables", "-w", "5", "-S", "KUBE-ROUTER-FORWARD"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        ).returncode
+        == 0
+    )
+
+
+#: What kube-router's policy controller creates: chain and ipset name prefixes.
+_ROUTER_CHAINS = ("KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-")
+_ROUTER_IPSETS = ("KUBE-SRC-", "KUBE-DST-", "kube-router-", "TMP-")
+
+
+def remove_router_rules(log: Log) -> None:
+    """Remove kube-router's chains, the jumps to them, and its ipsets.
+
+    ``kube-router --cleanup-config`` v2.1.0 panics on a kernel without IPVS before it is
+    done, so this does the same by name: only kube-router uses these prefixes.
+    """
+    removed = 0
+    for table in ("filter", "nat", "mangle"):
+        rules = _sh(["iptables", "-w", "5", "-t", table, "-S"], check=False).splitlines()
+        ours = {
+            line.split()[1]
+            for line in rules
+            if line.startswith("-N ") and line.split()[1].startswith(_ROUTER_CHAINS)
+        }
+        if not ours:
+            continue
+        for line in rules:
+            parts = shlex.split(line)
+            jumps_to_ours = "-j" in parts and parts[parts.index("-j") + 1] in ours
+            if parts[:1] == ["-A"] and parts[1] not in ours and jumps_to_ours:
+                _sh(["iptables", "-w", "5", "-t", table, "-D", *parts[1:]], check=False)
+        for chain in ours:
+            _sh(["iptables", "-w", "5", "-t", table, "-F", chain], check=False)
+        for chain in ours:
+            _sh(["iptables", "-w", "5", "-t", table, "-X", chain], check=False)
+        removed += len(ours)
+    if shutil.which("ipset"):
+        for name in _sh(["ipset", "list", "-n"], check=False).split():
+            if name.startswith(_ROUTER_IPSETS):
+                _sh(["ipset", "destroy", name], check=False)
+    if removed:
+        log(f"  removed kube-router's {removed} iptables chains and its ipsets")
 
 
 def metrics_server_cmd(

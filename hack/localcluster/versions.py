@@ -13,6 +13,8 @@ ETCD_VERSION: Final = "v3.5.35"
 KWOK_VERSION: Final = "v0.7.0"
 METRICS_SERVER_VERSION: Final = "v0.8.0"
 CRI_TOOLS_VERSION: Final = "v1.34.0"
+#: The newest kube-router the Go module proxy serves here.
+KUBE_ROUTER_VERSION: Final = "v2.1.0"
 
 #: Binary name -> Go main package. Order matters: it is the build order.
 KUBERNETES_COMMANDS: Final = {
@@ -33,6 +35,11 @@ KWOK_COMMANDS: Final = {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}
 #: crictl: ``down`` removes the pods through the CRI, so their network namespaces, mounts and
 #: IP leases go the proper way before containerd stops.
 CRI_TOOLS_COMMANDS: Final = {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}
+#: kube-router's network policy controller only (iptables + ipset): it enforces NetworkPolicy
+#: on this kernel, which lacks the nft queue that kube-network-policies needs.
+KUBE_ROUTER_COMMANDS: Final = {
+    "kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+}
 #: Feeds the HPA real CPU usage from the kubelet's summary API (real node only).
 METRICS_SERVER_COMMANDS: Final = {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"}
 

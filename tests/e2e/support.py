@@ -349,6 +349,16 @@ headers = {"Content-Type": "application/json"}
 counts = {"ok": 0, "failed": 0}
 errors = []
 lock = threading.Lock()
+# Count only once the network lets us through: a new pod's IP joins the NetworkPolicy's
+# ipsets a second or two after the pod starts.
+while True:
+    try:
+        req = urllib.request.Request(url, data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            if resp.status == 200:
+                break
+    except Exception:
+        time.sleep(0.2)
 def work():
     while True:
         try:
@@ -371,7 +381,24 @@ while True:
 """
 
 
-def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, Any]:
+#: Calls a URL every half second for a while and prints what each call gave, as JSON.
+PROBE = r"""
+import json, sys, time, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+results = []
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            results.append("ok" if resp.status == 200 else f"HTTP {resp.status}")
+    except Exception as e:
+        results.append(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
+    time.sleep(0.5)
+print(json.dumps(results), flush=True)
+"""
+
+
+def _client_pod(name: str, image: str, command: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -385,7 +412,7 @@ def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, 
                     "name": "client",
                     "image": image,
                     "imagePullPolicy": "Never",
-                    "command": ["python", "-c", LOAD_CLIENT, url, str(workers)],
+                    "command": command,
                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -398,6 +425,21 @@ def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, 
             ],
         },
     }
+
+
+def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, Any]:
+    return _client_pod(name, image, ["python", "-c", LOAD_CLIENT, url, str(workers)])
+
+
+def probe_pod(name: str, url: str, seconds: float, image: str) -> dict[str, Any]:
+    return _client_pod(name, image, ["python", "-c", PROBE, url, str(seconds)])
+
+
+def pod_log(core: client.CoreV1Api, namespace: str, name: str) -> str:
+    # Raw bytes: the client would turn a JSON log line into a dict's repr otherwise.
+    resp = core.read_namespaced_pod_log(name, namespace, _preload_content=False)
+    text: str = resp.data.decode()
+    return text
 
 
 def client_counts(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
