@@ -68,6 +68,27 @@ cluster-down: ## Stop the local control plane (and a demo operator) and remove i
 	@if [ -f .cluster/operator.pid ]; then kill $$(cat .cluster/operator.pid) 2>/dev/null || true; rm -f .cluster/operator.pid; fi
 	@if [ -x $(PY) ]; then $(PY) -m localcluster down; fi
 
+# `make cluster-up REAL_NODE=1` (and `make binaries`, `make demo`): a real node, containerd,
+# kubelet, kube-proxy, kube-router and metrics-server, instead of KWOK's fake nodes; needs root.
+ifneq ($(filter 1 true yes,$(REAL_NODE)),)
+export LOCALCLUSTER_REAL_NODE := 1
+endif
+
+.PHONY: node-deps
+node-deps: install ## Install the real node's Debian packages (containerd, runc, CNI plugins, buildah, ...; root).
+	$(PY) -m localcluster deps
+
+.PHONY: node-images
+node-images: install ## Build (or reuse from ~/.cache) the real node's images: pause, Debian python base, model server.
+	$(PY) -m localcluster images
+
+.PHONY: e2e
+e2e: install ## End-to-end tests on a real node (root): packages, binaries and images first, then pytest -m e2e.
+	$(PY) -m localcluster deps
+	$(PY) -m localcluster build --real-node
+	$(PY) -m localcluster images
+	$(PY) -m pytest -m e2e tests/e2e
+
 .PHONY: run
 run: install ## Run the operator in the foreground against KUBECONFIG (default: the local cluster's).
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(PY) -m modeldeploy

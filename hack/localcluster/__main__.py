@@ -1,16 +1,22 @@
-"""``python -m localcluster <build|images|up|down|status|env|gomod>``: the Makefile's entry."""
+"""``python -m localcluster <build|deps|images|up|down|status|env|gomod>``: the Makefile's entry."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from localcluster import binaries, gomod, images
+from localcluster import binaries, gomod, images, node
 from localcluster.cluster import Cluster, ClusterError, repo_root
 from localcluster.node import NodeError
+
+
+def _env_real_node() -> bool:
+    """``make cluster-up REAL_NODE=1`` exports LOCALCLUSTER_REAL_NODE=1 to ask for a real node."""
+    return os.environ.get("LOCALCLUSTER_REAL_NODE", "").strip().lower() in {"1", "true", "yes"}
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
@@ -26,6 +32,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"{name}\t{path}")
     binaries.stderr_log(f"build: {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def cmd_deps(_: argparse.Namespace) -> int:
+    for package in node.install_packages(binaries.stderr_log):
+        print(package)
     return 0
 
 
@@ -101,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--real-node",
         action="store_true",
-        help="also kubelet, kube-proxy, metrics-server and crictl (for `up --real-node`)",
+        default=_env_real_node(),
+        help="also kubelet, kube-proxy, kube-router, metrics-server and crictl (for "
+        "`up --real-node`; default: $LOCALCLUSTER_REAL_NODE)",
     )
     p.set_defaults(func=cmd_build)
 
+    sub.add_parser(
+        "deps", help="apt-get install the Debian packages a real node needs (root)"
+    ).set_defaults(func=cmd_deps)
     sub.add_parser(
         "images", help="build (or find cached) the real node's images: pause, base, server"
     ).set_defaults(func=cmd_images)
@@ -122,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--real-node",
         action="store_true",
-        help="a real node (containerd, kubelet, kube-proxy, metrics-server) instead of KWOK; "
-        "needs root",
+        default=_env_real_node(),
+        help="a real node (containerd, kubelet, kube-proxy, kube-router, metrics-server) "
+        "instead of KWOK; needs root (default: $LOCALCLUSTER_REAL_NODE)",
     )
     p.set_defaults(func=cmd_up)
 

@@ -62,6 +62,23 @@ HOST_TOOLS = {
 }
 
 
+#: Debian packages for running the node and building its images (``python -m localcluster
+#: deps`` installs the missing ones).
+DEBIAN_PACKAGES = (
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+    "ipset",
+    "conntrack",
+    "iproute2",
+    "buildah",
+    "debootstrap",
+    "gcc",
+    "libc6-dev",
+)
+
+
 class NodeError(RuntimeError):
     """The host cannot run a real node, or setting it up failed."""
 
@@ -157,10 +174,49 @@ def check_host() -> None:
         missing.append("containernetworking-plugins")
     if missing:
         raise NodeError(
-            f"missing packages for a real node: apt-get install -y {' '.join(sorted(missing))}"
+            f"missing packages for a real node: apt-get install -y {' '.join(sorted(missing))} "
+            "(or `python -m localcluster deps`)"
         )
     if not Path("/proc/sys/net/bridge").is_dir():
         raise NodeError("the kernel has no br_netfilter (/proc/sys/net/bridge): modprobe it")
+
+
+def missing_packages() -> list[str]:
+    """The DEBIAN_PACKAGES that dpkg does not list as installed."""
+    missing = []
+    for package in DEBIAN_PACKAGES:
+        status = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout
+        if "install ok installed" not in status:
+            missing.append(package)
+    return missing
+
+
+def install_packages(log: Log) -> list[str]:
+    """apt-get install what is missing (bounded in time); returns what was installed."""
+    missing = missing_packages()
+    if not missing:
+        log("all Debian packages of the real node are installed")
+        return []
+    if os.geteuid() != 0:
+        raise NodeError(f"installing {' '.join(missing)} needs root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log(f"apt-get install -y {' '.join(missing)}")
+    for argv, timeout in (
+        (["apt-get", "update"], 300),
+        (["apt-get", "install", "-y", *missing], 900),
+    ):
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
+        if proc.returncode != 0:
+            raise NodeError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return missing
 
 
 def claim(root: Path, is_running: Callable[[Path], bool]) -> None:
