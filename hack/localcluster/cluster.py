@@ -374,7 +374,7 @@ class Cluster:
         deadline = t0 + timeout
         lay = self.layout
         if self.real_node:
-            node.claim(self.root, lambda root: Cluster(root, log=self.log).is_up())
+            self._claim_node()
         self._prepare_root()
         free = process.free_ports(11)
         ports, node_ports = Ports(*free[:6]), NodePorts(*free[6:])
@@ -434,6 +434,16 @@ class Cluster:
             f"cluster up in {time.monotonic() - t0:.1f}s; "
             f"export KUBECONFIG={lay.kubeconfig}  (logs in {lay.logs})"
         )
+
+    def _claim_node(self) -> None:
+        """Take the machine's real-node slot; first clean up after a holder that died."""
+        holder = node.claim_holder()
+        if holder is not None and holder != self.root:
+            stale = Cluster(holder, log=self.log)
+            if not stale.is_up() and stale.has_real_node():
+                self.log(f"a real node under {holder} died: cleaning up after it")
+                stale.down(keep_logs=True)
+        node.claim(self.root, lambda root: Cluster(root, log=self.log).is_up())
 
     def _launch(
         self, name: str, argv: list[str], env: Mapping[str, str], state: dict[str, Any]

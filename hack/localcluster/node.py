@@ -219,15 +219,22 @@ def install_packages(log: Log) -> list[str]:
     return missing
 
 
+def claim_holder() -> Path | None:
+    """The root of the cluster that last took the real-node slot, if any."""
+    try:
+        return Path(json.loads(CLAIM_FILE.read_text())["root"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
 def claim(root: Path, is_running: Callable[[Path], bool]) -> None:
     """Take the machine's single real-node slot, or explain who holds it."""
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
-        holder = Path(json.loads(CLAIM_FILE.read_text())["root"])
-        if holder != root and is_running(holder):
-            raise NodeError(
-                f"another real node is running (cluster under {holder}); "
-                f"`python -m localcluster --root {holder} down` first"
-            )
+    holder = claim_holder()
+    if holder is not None and holder != root and is_running(holder):
+        raise NodeError(
+            f"another real node is running (cluster under {holder}); "
+            f"`python -m localcluster --root {holder} down` first"
+        )
     CLAIM_FILE.parent.mkdir(parents=True, exist_ok=True)
     CLAIM_FILE.write_text(json.dumps({"root": str(root), "pid": os.getpid()}))
 
@@ -277,7 +284,7 @@ def prepare_host(log: Log, undo: dict[str, Any]) -> None:
             undo["sysctls"][key] = old
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
         _sh(["ip", "link", "add", BRIDGE, "type", "bridge"])
-        undo["bridge"] = True
+    undo["bridge"] = True  # the name is ours alone: one left by a crashed run goes too
     _sh(["ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE])
     _sh(["ip", "link", "set", BRIDGE, "up"])
     # Host -> ClusterIP leaves through the bridge, never eth0, even before kube-proxy's DNAT.
