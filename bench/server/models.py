@@ -3,6 +3,11 @@
 Both are trained on scikit-learn's bundled breast-cancer data set (569 rows, 30
 numeric features, two classes) and saved with joblib, the one format that all
 three servers load. The models and payloads are deterministic (fixed seeds).
+
+Request bodies are files with one JSON body per line. The single-row file holds
+64 bodies, one per held-out row, which the wrk scripts send in turn; the 64-row
+file holds one body with those same 64 rows. So the answer to every request the
+load sends is known, and no server gains from seeing one row over and over.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ class BenchModel:
     name: str  # the name it is served under
     description: str
     directory: Path  # holds exactly one file, model.joblib (KServe wants a directory)
-    single_expected: list[int]  # predict() of the single-row payload
-    batch_expected: list[int]  # predict() of the 64-row payload
+    expected: list[int]  # predict() of the 64 held-out rows the payloads carry
+
+    def expected_answers(self, shape: str) -> list[list[int]]:
+        """The labels each line of a payload file must get back, in line order."""
+        if shape == "single":
+            return [[label] for label in self.expected]
+        return [self.expected]
 
     @property
     def path(self) -> Path:
@@ -43,9 +53,8 @@ class BenchModel:
 class Payloads:
     """Request bodies on disk, one per protocol and shape, shared by both models."""
 
-    files: dict[tuple[str, str], Path]  # (protocol, shape) -> JSON body file
-    single: list[list[float]]
-    batch: list[list[float]]
+    files: dict[tuple[str, str], Path]  # (protocol, shape) -> file of JSON bodies, one a line
+    rows: list[list[float]]  # the 64 held-out rows, in order
 
     def body(self, protocol: str, shape: str) -> Path:
         return self.files[(protocol, shape)]
@@ -88,8 +97,7 @@ def prepare(workdir: Path) -> tuple[list[BenchModel], Payloads]:
     x_train, x_test, y_train, _ = train_test_split(
         features, labels, test_size=0.25, random_state=SEED, stratify=labels
     )
-    single = x_test[:1]
-    batch = x_test[:BATCH_ROWS]
+    rows_array = x_test[:BATCH_ROWS]
 
     models = []
     for name, (description, estimator) in _estimators().items():
@@ -99,28 +107,26 @@ def prepare(workdir: Path) -> tuple[list[BenchModel], Payloads]:
         for stale in directory.iterdir():
             stale.unlink()
         joblib.dump(estimator, directory / "model.joblib")
-        batch_expected = [int(v) for v in estimator.predict(batch)]
-        if len(set(batch_expected)) < 2:
-            raise RuntimeError(f"{name}: the batch should hold both classes to be a useful check")
+        expected = [int(v) for v in estimator.predict(rows_array)]
+        if len(set(expected)) < 2:
+            raise RuntimeError(f"{name}: the rows should get both classes to be a useful check")
         models.append(
-            BenchModel(
-                name=name,
-                description=description,
-                directory=directory,
-                single_expected=[int(v) for v in estimator.predict(single)],
-                batch_expected=batch_expected,
-            )
+            BenchModel(name=name, description=description, directory=directory, expected=expected)
         )
 
-    rows_single: list[list[float]] = np.asarray(single, dtype=float).tolist()
-    rows_batch: list[list[float]] = np.asarray(batch, dtype=float).tolist()
+    rows: list[list[float]] = np.asarray(rows_array, dtype=float).tolist()
     payload_dir = workdir / "payloads"
     payload_dir.mkdir(parents=True, exist_ok=True)
     files: dict[tuple[str, str], Path] = {}
     for protocol, make in (("v1", v1_body), ("v2", v2_body)):
-        for shape, rows in (("single", rows_single), ("batch64", rows_batch)):
-            path = payload_dir / f"{protocol}-{shape}.json"
-            # json writes floats with repr(), which reads back to the same doubles.
-            path.write_text(json.dumps(make(rows)))
+        # json writes floats with repr(), which reads back to the same doubles, and
+        # puts no newline inside a body.
+        bodies = {
+            "single": [json.dumps(make([row])) for row in rows],
+            "batch64": [json.dumps(make(rows))],
+        }
+        for shape, lines in bodies.items():
+            path = payload_dir / f"{protocol}-{shape}.jsonl"
+            path.write_text("\n".join(lines) + "\n")
             files[(protocol, shape)] = path
-    return models, Payloads(files=files, single=rows_single, batch=rows_batch)
+    return models, Payloads(files=files, rows=rows)

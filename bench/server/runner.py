@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -102,6 +103,25 @@ def _git_commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def _ours_source() -> dict[str, Any]:
+    """Which server code 'ours' was: commit, uncommitted changes, hash of its sources."""
+    src = REPO_ROOT / "server_image" / "modelserver"
+    digest = hashlib.sha256()
+    for path in sorted(src.rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "commit": _git_commit(),
+        "uncommitted_changes": bool(dirty),
+        "sha256": digest.hexdigest(),
+    }
+
+
 def _cpu_busy_seconds() -> float:
     t = psutil.cpu_times()
     return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "steal"))
@@ -139,26 +159,27 @@ def _same_labels(got: list[Any], want: list[int]) -> bool:
 def check_predictions(
     server: servers.ServerProcess, protocol: str, payloads: models.Payloads
 ) -> str | None:
-    """None when both payloads get the right labels, else what went wrong."""
+    """None when every body the load will send gets the right labels, else what went wrong."""
     path = (
         f"/v1/models/{server.model.name}:predict"
         if protocol == "v1"
         else f"/v2/models/{server.model.name}/infer"
     )
-    expected = {
-        "single": server.model.single_expected,
-        "batch64": server.model.batch_expected,
-    }
-    for shape, want in expected.items():
-        body = payloads.body(protocol, shape).read_bytes()
-        try:
-            status, answer = servers.http_post_json(server.base_url + path, body)
-        except OSError as exc:
-            return f"{protocol} {shape}: {exc}"
-        got = _predictions(protocol, answer)
-        if status != 200 or got is None or not _same_labels(got, want):
-            shown = str(answer)[:300]
-            return f"{protocol} {shape}: HTTP {status}, answer {shown!r}, want {want[:8]}..."
+    for shape in ("single", "batch64"):
+        lines = payloads.body(protocol, shape).read_bytes().splitlines()
+        wanted = server.model.expected_answers(shape)
+        for number, (body, want) in enumerate(zip(lines, wanted, strict=True), start=1):
+            try:
+                status, answer = servers.http_post_json(server.base_url + path, body)
+            except OSError as exc:
+                return f"{protocol} {shape} body {number}: {exc}"
+            got = _predictions(protocol, answer)
+            if status != 200 or got is None or not _same_labels(got, want):
+                shown = str(answer)[:300]
+                return (
+                    f"{protocol} {shape} body {number}: HTTP {status}, answer {shown!r}, "
+                    f"want {want[:8]}"
+                )
     return None
 
 
@@ -398,6 +419,7 @@ def environment(
         pass
     return {
         "git_commit": _git_commit(),
+        "ours_source": _ours_source(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -58,15 +58,21 @@ def test_prepare_writes_models_and_bodies(tmp_path: Path) -> None:
     assert [m.name for m in bench_models] == ["pipeline", "forest"]
     for m in bench_models:
         assert [p.name for p in m.directory.iterdir()] == ["model.joblib"]
-        assert len(m.single_expected) == 1
-        assert len(m.batch_expected) == models.BATCH_ROWS
-    v1 = json.loads(payloads.body("v1", "batch64").read_text())
-    assert len(v1["instances"]) == models.BATCH_ROWS
-    v2 = json.loads(payloads.body("v2", "single").read_text())
-    tensor = v2["inputs"][0]
+        assert len(m.expected) == models.BATCH_ROWS
+        assert m.expected_answers("single")[3] == [m.expected[3]]
+        assert m.expected_answers("batch64") == [m.expected]
+    singles = payloads.body("v1", "single").read_text().splitlines()
+    assert len(singles) == models.BATCH_ROWS
+    assert [json.loads(line)["instances"] for line in singles[:2]] == [
+        [payloads.rows[0]],
+        [payloads.rows[1]],
+    ]
+    (batch,) = payloads.body("v1", "batch64").read_text().splitlines()
+    assert json.loads(batch)["instances"] == payloads.rows
+    tensor = json.loads(payloads.body("v2", "single").read_text().splitlines()[5])["inputs"][0]
     assert tensor["shape"] == [1, 30]
     assert tensor["datatype"] == "FP64"
-    assert tensor["data"] == payloads.single[0]
+    assert tensor["data"] == payloads.rows[5]
 
 
 def test_predictions_are_read_from_both_protocols() -> None:
@@ -125,9 +131,10 @@ def test_targets_are_judged_but_missing_data_is_not() -> None:
 class _Answer200(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     paths: list[str] = []  # noqa: RUF012 - shared on purpose, written by the handler
+    bodies: list[bytes] = []  # noqa: RUF012
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
         self.paths.append(self.path)
         body = b'{"predictions": [0]}'
         self.send_response(200)
@@ -157,12 +164,13 @@ def stub_server() -> Iterator[str]:
     ("protocol", "path"),
     [("v1", "/v1/models/iris:predict"), ("v2", "/v2/models/iris/infer")],
 )
-def test_wrk_scripts_post_to_the_protocol_path(
+def test_wrk_scripts_post_each_body_to_the_protocol_path(
     stub_server: str, tmp_path: Path, protocol: str, path: str
 ) -> None:
-    body = tmp_path / "body.json"
-    body.write_text('{"instances": [[1.0]]}')
+    body = tmp_path / "bodies.jsonl"
+    body.write_text('{"instances": [[1.0]]}\n{"instances": [[2.0]]}\n')
     _Answer200.paths.clear()
+    _Answer200.bodies.clear()
     wrk = loadgen.wrk_path()
     assert wrk is not None
     result = loadgen.run_wrk(
@@ -179,3 +187,5 @@ def test_wrk_scripts_post_to_the_protocol_path(
     assert result.errors == 0
     assert result.latency_us["p50"] > 0
     assert set(_Answer200.paths) == {path}
+    # The bodies are sent in turn.
+    assert set(_Answer200.bodies) == {b'{"instances": [[1.0]]}', b'{"instances": [[2.0]]}'}

@@ -1,21 +1,44 @@
 -- Shared by the per-protocol wrk scripts (v1.lua, v2.lua).
 --
--- Every request is the same POST with a JSON body read once from a file, so wrk
--- keeps its fast static-request path (no Lua runs per request or per response).
--- Script arguments (after `--` on the wrk command line): <model-name> <body-file>.
+-- Script arguments (after `--` on the wrk command line): <model-name> <bodies-file>.
+-- The bodies file holds one JSON request body per line. The requests are built
+-- once in init(); request() hands them out in turn, so consecutive requests carry
+-- different rows (no server can win by answering one repeated row from a cache)
+-- while wrk does no more per request than pick the next prepared string.
 
 function bench_protocol(path_for)
+  local requests = {}
+  local n, i = 0, 0
+
   function init(args)
-    local name, body_file = args[1], args[2]
-    if name == nil or body_file == nil then
-      error("usage: wrk ... -s SCRIPT URL -- <model-name> <body-file>")
+    local name, bodies_file = args[1], args[2]
+    if name == nil or bodies_file == nil then
+      error("usage: wrk ... -s SCRIPT URL -- <model-name> <bodies-file>")
     end
-    local f = assert(io.open(body_file, "rb"))
-    wrk.body = f:read("*a")
-    f:close()
     wrk.method = "POST"
     wrk.path = path_for(name)
     wrk.headers["Content-Type"] = "application/json"
+    for line in io.lines(bodies_file) do
+      if #line > 0 then
+        n = n + 1
+        requests[n] = wrk.format(nil, nil, nil, line)
+      end
+    end
+    if n == 0 then
+      error("no request bodies in " .. bodies_file)
+    end
+    -- Threads start at different places in the list.
+    i = (id or 0) % n
+  end
+
+  function setup(thread)
+    thread:set("id", thread_count or 0)
+    thread_count = (thread_count or 0) + 1
+  end
+
+  function request()
+    i = i % n + 1
+    return requests[i]
   end
 end
 
