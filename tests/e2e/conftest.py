@@ -43,12 +43,16 @@ def _requested(config: pytest.Config) -> bool:
     return any(path == HERE or HERE in path.parents for path in paths)
 
 
+#: Checks of the node's generated configuration: no node needed, so they always run.
+_NO_NODE = {"test_node_config.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/e2e is an e2e test, skipped unless asked for."""
     wanted = _requested(config)
     skip = pytest.mark.skip(reason="e2e: needs a real node; run `make e2e` (or pytest -m e2e)")
     for item in items:
-        if HERE in item.path.parents:
+        if HERE in item.path.parents and item.path.name not in _NO_NODE:
             item.add_marker(pytest.mark.e2e)
             if not wanted:
                 item.add_marker(skip)
