@@ -556,7 +556,7 @@ class Cluster:
         undo: dict[str, Any] = {}
         state["host"] = undo
         try:
-            node.prepare_host(self.log, undo)
+            node.prepare_host(self.log, undo, components.SERVICE_CIDR)
         finally:
             self._save_state(state)  # whatever was changed, `down` must be able to undo
 
@@ -676,7 +676,11 @@ class Cluster:
         t0 = time.monotonic()
         stopped = self._stop_all()
         lay = self.layout
-        if lay.marker.exists():
+        left = images.mounts_under(lay.root) if lay.root.exists() else []
+        if left:
+            # Deleting through a mount (a pod's hostPath volume) would delete the host's files.
+            self.log(f"not removing {lay.root}: still mounted below it: {', '.join(left[:5])}")
+        elif lay.marker.exists():
             if keep_logs:
                 for child in lay.root.iterdir():
                     if child != lay.logs:

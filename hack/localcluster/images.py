@@ -202,8 +202,8 @@ def _workdir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def unmount_under(path: Path) -> list[str]:
-    """Unmount everything mounted below ``path``, deepest first (debootstrap leaves /proc)."""
+def mounts_under(path: Path) -> list[str]:
+    """Mount points strictly below ``path`` (from /proc/self/mountinfo)."""
     prefix = str(path.resolve()).rstrip("/") + "/"
     mounts = []
     with contextlib.suppress(FileNotFoundError):
@@ -211,6 +211,12 @@ def unmount_under(path: Path) -> list[str]:
             target = line.split()[4].replace("\\040", " ")
             if target.startswith(prefix):
                 mounts.append(target)
+    return mounts
+
+
+def unmount_under(path: Path) -> list[str]:
+    """Unmount everything mounted below ``path``, deepest first (debootstrap leaves /proc)."""
+    mounts = mounts_under(path)
     for target in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=30)
     return mounts

@@ -1,7 +1,8 @@
 """A real node for the local cluster: containerd, kubelet, kube-proxy, kube-router, metrics-server.
 
 KWOK nodes make pods Ready without running them; this module runs them. Everything a real node
-changes on the host is set up here and undone by ``teardown``: a bridge with the pod network
+changes on the host is set up here (``prepare_host``) and undone at ``down`` (``restore_host``
+and the cleanup functions below): a bridge with the pod network
 (``10.244.0.0/24``, reachable only from this machine), two sysctls, mount propagation of ``/``,
 an iptables guard that keeps pod traffic on the bridge, cgroups and mounts. What was changed is
 recorded in the cluster's ``state.json`` so ``down`` restores exactly that, even from another
@@ -42,7 +43,7 @@ GUARD_CHAIN = "LOCALCLUSTER-GUARD"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CLAIM_FILE = Path("/run/localcluster/real-node.json")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-#: Writing these is global; ``teardown`` puts the old values back.
+#: Writing these is global; ``restore_host`` puts the old values back.
 SYSCTLS = {
     "net/ipv4/ip_forward": "1",  # pod -> Service IP -> pod is routed through the host
     "net/bridge/bridge-nf-call-iptables": "1",  # kube-proxy's DNAT must see bridged packets
@@ -265,7 +266,7 @@ def _iptables_has(*rule: str, table: str = "filter") -> bool:
     )
 
 
-def prepare_host(log: Log, undo: dict[str, Any]) -> None:
+def prepare_host(log: Log, undo: dict[str, Any], service_cidr: str) -> None:
     """Bridge, sysctls, shared mounts, iptables guard; records in ``undo`` what to revert.
 
     ``undo`` is filled step by step, so after a failure halfway it still says what to revert.
@@ -288,9 +289,7 @@ def prepare_host(log: Log, undo: dict[str, Any]) -> None:
     _sh(["ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE])
     _sh(["ip", "link", "set", BRIDGE, "up"])
     # Host -> ClusterIP leaves through the bridge, never eth0, even before kube-proxy's DNAT.
-    from localcluster.components import SERVICE_CIDR  # noqa: PLC0415 - avoid an import cycle
-
-    _sh(["ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP])
+    _sh(["ip", "route", "replace", service_cidr, "dev", BRIDGE, "src", NODE_IP])
     # Forwarding is on, so keep pod traffic on the bridge: nothing in or out of other links.
     _sh(["iptables", "-w", "5", "-N", GUARD_CHAIN], check=False)
     _sh(["iptables", "-w", "5", "-F", GUARD_CHAIN])
