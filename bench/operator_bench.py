@@ -37,6 +37,8 @@ from modeldeploy.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "modeldeploy/modelserver:bench"
 MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
+# Small requests: 2 x N pods must fit on the fake nodes' 8 CPUs each.
+SPEC = {"model": MODEL, "replicas": 1, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}
 EXTRA_NODES = 8
 
 
@@ -135,7 +137,7 @@ class Run:
 
     def bare(self, count: int, namespace: str) -> float:
         """Apply ``count`` plain Deployments of the operator's pod template; time to available."""
-        spec = api.parse_spec({"model": MODEL, "replicas": 1})
+        spec = api.parse_spec(SPEC)
         started = time.monotonic()
         for i in range(count):
             body = {"metadata": {"name": f"bare-{i}", "namespace": namespace, "uid": "x"}}
@@ -160,7 +162,7 @@ class Run:
                 "apiVersion": api.API_VERSION,
                 "kind": api.KIND,
                 "metadata": {"name": f"md-{i}"},
-                "spec": {"model": MODEL, "replicas": 1},
+                "spec": SPEC,
             }
             self.custom.create_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, body
@@ -267,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
             print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
-    finally:
-        cluster.down()
+    except Exception:
+        cluster.down(keep_logs=True)
+        print(f"failed; component logs kept in {cluster.root / 'logs'}", file=sys.stderr)
+        raise
+    cluster.down()
     path = out_dir / f"operator-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")

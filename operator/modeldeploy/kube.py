@@ -88,6 +88,8 @@ class Kube:
     def __init__(self, settings: Settings, configuration: client.Configuration | None = None):
         self._settings = settings
         self._configuration = configuration or load_client_config()
+        # One connection per kopf worker thread, plus re-checks; the default pool holds 10.
+        self._configuration.connection_pool_maxsize = 32
         self._client = client.ApiClient(self._configuration)
         self._timeout = settings.api_timeout_seconds
 
