@@ -15,7 +15,7 @@ from localcluster import certs
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ORDER = (*CONTROL_PLANE, "kwok")
 
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/20"  # 4094 Services: room for the 500-resource benchmark
 SERVICE_IP = "10.0.0.1"  # first IP of SERVICE_CIDR: the `kubernetes` Service
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
