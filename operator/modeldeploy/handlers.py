@@ -11,7 +11,6 @@ Run with ``python -m modeldeploy`` or ``kopf run -m modeldeploy.handlers``.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -109,15 +108,6 @@ def _post_events(body: Any, outcome: Outcome) -> None:
         )
 
 
-def _api_message(error: ApiException) -> str:
-    """The Status message the API server sent (it names the verb, resource and user)."""
-    try:
-        message = json.loads(error.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or error.reason)
-
-
 def _recheck(memo: kopf.Memo, namespace: str, name: str) -> None:
     """Re-read an unsettled resource and recompute its status (pods may be failing)."""
     reconciler: Reconciler = memo.reconciler
@@ -148,7 +138,8 @@ def _run(memo: kopf.Memo, body: Any, *, apply_children: bool, trigger: str) -> N
         if error.status == 409:
             raise kopf.TemporaryError("conflict; retrying", delay=1) from error
         raise kopf.TemporaryError(
-            f"Kubernetes API error {error.status}: {_api_message(error)}", delay=RETRY_DELAY_SECONDS
+            f"Kubernetes API error {error.status}: {kube.api_message(error)}",
+            delay=RETRY_DELAY_SECONDS,
         ) from error
     _post_events(body, outcome)
     _follow_up(memo, body, outcome)

@@ -63,6 +63,15 @@ def credentials(configuration: client.Configuration) -> Credentials:
     )
 
 
+def api_message(error: ApiException) -> str:
+    """The Status message the API server sent (it names the verb, resource and user)."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason)
+
+
 def _base(api_version: str) -> str:
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
 

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from modeldeploy import api, metrics, render, status
+from modeldeploy import api, kube, metrics, render, status
 from modeldeploy.kube import Kube
 from modeldeploy.settings import Settings
 
@@ -96,6 +96,9 @@ class Reconciler:
         # The status this operator last wrote, per resource: it is the only status writer, and
         # a body handed in by a watch event can predate that write.
         self._written: dict[str, Obj] = {}
+        # Why the last apply of a resource's children failed, until one succeeds: status-only
+        # passes (child events) must not report Ready while a child could not be written.
+        self._apply_failures: dict[str, status.ApplyFailure] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
@@ -109,6 +112,7 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop(uid, None)
         self._written.pop(uid, None)
+        self._apply_failures.pop(uid, None)
         if self._phases.pop(uid, None) is not None:
             self._update_phase_gauge()
 
@@ -177,8 +181,18 @@ class Reconciler:
             spec_error = describe_validation_error(error)
 
         deployment: Obj | None = None
+        refused: ApiException | None = None
         if spec is not None and apply_children:
-            deployment = self._apply_children(body, spec, owner, outcome)
+            try:
+                deployment = self._apply_children(body, spec, owner, outcome)
+                self._apply_failures.pop(uid, None)
+            except ApiException as error:
+                refused = error
+                self._apply_failures[uid] = status.ApplyFailure(
+                    permanent=400 <= (error.status or 0) < 500 and error.status not in (409, 429),
+                    message=kube.api_message(error),
+                )
+                deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
         elif spec is not None:
             deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
         if deployment is not None and not _is_controlled_by(deployment, uid):
@@ -200,6 +214,7 @@ class Reconciler:
             pod_failure=pod_failure,
             selector=render.selector_string(owner),
             url=render.service_url(owner, self.settings.cluster_domain),
+            apply_failure=self._apply_failures.get(uid),
         )
         written = self._written.get(uid)
         previous = written if written is not None else body.get("status") or {}
@@ -211,6 +226,8 @@ class Reconciler:
             metrics.WRITES.labels(kind=api.KIND, verb="apply-status").inc()
             outcome.status_written = True
             outcome.transitions = transitions
+        if refused is not None:
+            raise refused  # status says why; the caller retries
         return outcome
 
     @staticmethod

@@ -42,6 +42,14 @@ class PodFailure:
 
 
 @dataclass(frozen=True)
+class ApplyFailure:
+    """The API server refused a child: permanent (4xx) needs someone to act, else it is retried."""
+
+    permanent: bool
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the status is computed from."""
 
@@ -52,6 +60,7 @@ class Observed:
     pod_failure: PodFailure | None
     selector: str
     url: str
+    apply_failure: ApplyFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,22 @@ def desired_replicas(spec: api.ModelDeploymentSpec | None, deployment: Mapping[s
     return replicas
 
 
+def _refused_verdict(refused: ApplyFailure, dep: Mapping[str, Any] | None) -> _Verdict:
+    message = f"applying the children failed: {refused.message}"
+    serving = _int(((dep or {}).get("status") or {}).get("availableReplicas")) > 0
+    if refused.permanent:
+        return _Verdict(
+            phase="Degraded" if serving else "Failed",
+            ready=("False", "ApplyFailed", message),
+            stalled=("True", "ApplyFailed", message),
+        )
+    return _Verdict(
+        phase="Degraded" if serving else "Progressing",
+        ready=("False", "ApplyFailed", message),
+        reconciling=("True", "ApplyFailed", f"{message} (retrying)"),
+    )
+
+
 def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noqa: PLR0911
     if observed.spec is None:
         message = observed.spec_error or "invalid spec"
@@ -140,6 +165,8 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
             stalled=("True", "InvalidSpec", message),
         )
     dep = observed.deployment
+    if observed.apply_failure is not None:
+        return _refused_verdict(observed.apply_failure, dep)
     if dep is None:
         return _Verdict(
             phase="Pending",

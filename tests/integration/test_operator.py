@@ -362,3 +362,24 @@ def test_kubectl_scale_uses_the_scale_subresource(
         scale["status"]["selector"]
         == "app.kubernetes.io/instance=scaly,app.kubernetes.io/name=modelserver"
     )
+
+
+def test_a_refused_child_makes_the_resource_stalled_until_it_can_be_applied(
+    models: Models, api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    quota = {"metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}}
+    core.create_namespaced_resource_quota(namespace, quota)
+    wait_for(
+        "quota observed",
+        lambda: core.read_namespaced_resource_quota("no-services", namespace).status.hard,
+    )
+    models.create("refused", {"model": FILE_MODEL, "replicas": 1})
+    body = models.wait_condition("refused", "Stalled", reason="ApplyFailed", timeout=30)
+    ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False"
+    assert "quota" in ready["message"]
+    time.sleep(3)  # child events of the Deployment must not flip it to Ready
+    assert models.condition("refused", "Ready")["status"] == "False"  # type: ignore[index]
+    core.delete_namespaced_resource_quota("no-services", namespace)
+    models.wait_condition("refused", "Ready", timeout=30)

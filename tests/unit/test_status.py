@@ -229,3 +229,32 @@ def test_served_model_stays_the_old_one_until_the_rollout_completes() -> None:
     assert rolling["model"] == {"uri": "file:///m.joblib", "version": "7"}
     done, _ = status.compute_status(observe(deployment(), new_spec), rolling, LATER)
     assert done["model"] == {"uri": "file:///m2.joblib", "version": "8"}
+
+
+def test_a_refused_child_is_never_reported_ready() -> None:
+    refused = status.ApplyFailure(
+        permanent=False, message="failed to allocate a serviceIP: range is full"
+    )
+    obs = status.Observed(
+        generation=4,
+        spec=SPEC,
+        spec_error=None,
+        deployment=deployment(),
+        pod_failure=None,
+        selector="s",
+        url="u",
+        apply_failure=refused,
+    )
+    result, _ = status.compute_status(obs, None, NOW)
+    cond = conditions(result)
+    assert cond["Ready"]["status"] == "False"
+    assert cond["Ready"]["reason"] == "ApplyFailed"
+    assert "range is full" in cond["Ready"]["message"]
+    assert cond["Reconciling"]["status"] == "True"
+    assert result["phase"] == "Degraded", "the Deployment still serves"
+    forbidden = status.ApplyFailure(permanent=True, message="forbidden")
+    result, _ = status.compute_status(
+        status.Observed(4, SPEC, None, None, None, "s", "u", apply_failure=forbidden), None, NOW
+    )
+    assert conditions(result)["Stalled"]["status"] == "True"
+    assert result["phase"] == "Failed"
