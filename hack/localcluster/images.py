@@ -302,6 +302,18 @@ def _cached(kind: str, key: str) -> Path:
     return images_cache() / f"{kind}-{key[:16]}.oci.tar"
 
 
+def _prune(kind: str, keep: int = 3) -> None:
+    """Drop all but the newest ``keep`` archives of a kind: each server change adds one.
+
+    Not just the newest: a cluster that is up may still point at the previous one.
+    """
+    archives = sorted(
+        images_cache().glob(f"{kind}-*.oci.tar"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
+
+
 # -- pause -----------------------------------------------------------------------------------
 
 
@@ -485,6 +497,7 @@ def server_image(
             log_path=log_path,
         )
         tmp_archive.replace(archive)
+    _prune("server")
     log(f"  server image built in {time.monotonic() - t0:.0f}s -> {archive}")
     return Image(SERVER_IMAGE, archive, key)
 
