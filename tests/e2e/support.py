@@ -25,16 +25,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import localcluster
-from modeldeploy import api
+from integration import operator_support as integration_support
 
 ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_NAMESPACE = "modeldeploy-system"
-OPERATOR_SA = "modeldeploy-operator"
 EXAMPLE_MODEL = "/opt/models/iris/model.joblib"
 
 T = TypeVar("T")
@@ -43,15 +39,8 @@ T = TypeVar("T")
 def wait_for(
     what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5
 ) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    """The shared poller, with the longer defaults that real pods need."""
+    return integration_support.wait_for(what, probe, timeout=timeout, interval=interval)
 
 
 # -- files from the server image -------------------------------------------------------------
@@ -98,44 +87,8 @@ def sha256(data: bytes) -> str:
 # -- the operator ----------------------------------------------------------------------------
 
 
-def kubectl_apply(cluster: localcluster.Cluster, text: str, namespace: str | None = None) -> None:
-    args = ["apply", "--server-side", "--field-manager=e2e", "-f", "-"]
-    cluster.kubectl(*(["-n", namespace] if namespace else []), *args, input=text)
-
-
-def install_crd(cluster: localcluster.Cluster) -> None:
-    kubectl_apply(
-        cluster, (ROOT / "crds" / "serving.modeldeploy.io_modeldeployments.yaml").read_text()
-    )
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        f"crd/{api.PLURAL}.{api.GROUP}",
-        "--timeout=60s",
-    )
-
-
-def operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
-    """A kubeconfig with a token of the operator's ServiceAccount (manifests/rbac.yaml)."""
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-    kubectl_apply(cluster, yaml.safe_dump(namespace))
-    kubectl_apply(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
-    token = cluster.kubectl(
-        "create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=4h"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    entry = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": entry}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        "current-context": "operator",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+install_crd = integration_support.install_crd
+operator_kubeconfig = integration_support.write_operator_kubeconfig
 
 
 @contextlib.contextmanager
@@ -167,58 +120,12 @@ def operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Po
 # -- ModelDeployments ------------------------------------------------------------------------
 
 
-class Models:
+class Models(integration_support.Models):
     """ModelDeployments of one namespace, and calls to their Services."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str):
-        self.custom = client.CustomObjectsApi(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
+        super().__init__(api_client, namespace)
         self.autoscaling = client.AutoscalingV2Api(api_client)
-        self.namespace = namespace
-
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, self.namespace, api.PLURAL, body
-        )
-        return result
-
-    def get(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
-        )
-        return result
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, self.namespace, api.PLURAL, name, {"spec": spec}
-        )
-        return result
-
-    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
-        body = self.get(name)
-        for cond in (body.get("status") or {}).get("conditions") or []:
-            if (
-                cond["type"] == type_
-                and cond.get("observedGeneration") == (body["metadata"]["generation"])
-            ):
-                return dict(cond)
-        return None
-
-    def wait_condition(
-        self, name: str, type_: str, status: str = "True", timeout: float = 180
-    ) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            cond = self.condition(name, type_)
-            return cond if cond and cond["status"] == status else None
-
-        return wait_for(f"{name} {type_}={status}", probe, timeout=timeout, interval=1)
 
     def cluster_ip(self, name: str) -> str:
         ip: str = self.core.read_namespaced_service(name, self.namespace).spec.cluster_ip

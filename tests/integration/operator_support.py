@@ -7,7 +7,6 @@ RBAC grants what the operator uses.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import time
@@ -54,75 +53,48 @@ def apply_yaml(cluster: localcluster.Cluster, text: str, namespace: str | None =
     return cluster.kubectl(*args, input=text).stdout
 
 
-def _operator_kubeconfig(
-    cluster: localcluster.Cluster, api_client: client.ApiClient, path: Path
-) -> Path:
-    """Install manifests/rbac.yaml; write a kubeconfig that authenticates as the operator."""
-    namespace = yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-    )
-    apply_yaml(cluster, namespace)
-    apply_yaml(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
-    token = (
-        client.CoreV1Api(api_client)
-        .create_namespaced_service_account_token(
-            OPERATOR_SA,
-            OPERATOR_NAMESPACE,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
-            ),
-        )
-        .status.token
-    )
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    cluster_entry = admin["clusters"][0]["cluster"]
-    ca = cluster_entry.get("certificate-authority-data")
-    if ca is None and cluster_entry.get("certificate-authority"):
-        ca = base64.b64encode(Path(cluster_entry["certificate-authority"]).read_bytes()).decode()
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "local",
-                "cluster": {"server": cluster_entry["server"], "certificate-authority-data": ca},
-            }
-        ],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        "current-context": "operator",
-    }
-    path.write_text(yaml.safe_dump(kubeconfig))
-    return path
-
-
-@pytest.fixture(scope="session")
-def crd_installed(cluster: localcluster.Cluster, api_client: client.ApiClient) -> None:
+def install_crd(cluster: localcluster.Cluster) -> None:
     """The generated CRD from crds/, applied and Established."""
     apply_yaml(
         cluster, (ROOT / "crds" / "serving.modeldeploy.io_modeldeployments.yaml").read_text()
     )
-    ext = client.ApiextensionsV1Api(api_client)
-    name = f"{api.PLURAL}.{api.GROUP}"
+    cluster.kubectl(
+        "wait", "--for=condition=Established", f"crd/{api.PLURAL}.{api.GROUP}", "--timeout=60s"
+    )
 
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(name)
-        return any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-        )
 
-    wait_for("CRD Established", established, timeout=30)
+def write_operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
+    """Install manifests/rbac.yaml; write a kubeconfig holding a token of the operator's SA."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    apply_yaml(cluster, yaml.safe_dump(namespace))
+    apply_yaml(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=4h"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: localcluster.Cluster) -> None:
+    install_crd(cluster)
 
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(
-    cluster: localcluster.Cluster,
-    api_client: client.ApiClient,
-    tmp_path_factory: pytest.TempPathFactory,
+    cluster: localcluster.Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    return _operator_kubeconfig(
-        cluster, api_client, tmp_path_factory.mktemp("operator") / "kubeconfig"
-    )
+    return write_operator_kubeconfig(cluster, tmp_path_factory.mktemp("operator") / "kubeconfig")
 
 
 @contextlib.contextmanager
@@ -191,11 +163,19 @@ class Models:
             api.GROUP, api.VERSION, self.namespace, api.PLURAL, name
         )
 
-    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
-        for condition in (self.get(name).get("status") or {}).get("conditions") or []:
-            if condition["type"] == type_:
+    @staticmethod
+    def current_condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+        """The condition ``type_`` if it describes the resource's current generation."""
+        for condition in (body.get("status") or {}).get("conditions") or []:
+            if (
+                condition["type"] == type_
+                and condition.get("observedGeneration") == body["metadata"]["generation"]
+            ):
                 return dict(condition)
         return None
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return self.current_condition(self.get(name), type_)
 
     def wait_condition(
         self,
@@ -205,17 +185,17 @@ class Models:
         reason: str | None = None,
         timeout: float = 30,
     ) -> dict[str, Any]:
+        """The resource once ``type_`` has ``status`` (and ``reason``) for this generation."""
+
         def probe() -> dict[str, Any] | None:
             body = self.get(name)
-            generation = body["metadata"]["generation"]
-            for condition in (body.get("status") or {}).get("conditions") or []:
-                if (
-                    condition["type"] == type_
-                    and condition["status"] == status
-                    and (reason is None or condition["reason"] == reason)
-                    and condition.get("observedGeneration") == generation
-                ):
-                    return body
+            condition = self.current_condition(body, type_)
+            if (
+                condition
+                and condition["status"] == status
+                and reason in (None, condition["reason"])
+            ):
+                return body
             return None
 
         return wait_for(f"{name} {type_}={status} {reason or ''}", probe, timeout=timeout)
