@@ -182,6 +182,10 @@ class Autoscaling(
             raise ValueError("minReplicas must be less than or equal to maxReplicas")
         return self
 
+    def bound(self, replicas: int) -> int:
+        """``replicas`` brought within [minReplicas, maxReplicas], as the autoscaler would."""
+        return min(max(replicas, self.min_replicas), self.max_replicas)
+
     min_replicas: int = Field(default=1, ge=1, le=1000)
     """Fewest replicas the autoscaler keeps."""
 

@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import api, metrics
-from modeldeploy.render import DEPLOYMENT, ChildKind
+from modeldeploy.render import CHILD_KINDS, DEPLOYMENT, ChildKind
 from modeldeploy.settings import Settings
 
 Obj = dict[str, Any]
@@ -81,14 +81,7 @@ def _path(api_version: str, plural: str, namespace: str, name: str | None = None
     return f"{path}/{name}" if name else path
 
 
-_PLURALS = {
-    "Deployment": "deployments",
-    "Service": "services",
-    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "NetworkPolicy": "networkpolicies",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    api.KIND: api.PLURAL,
-}
+_PLURALS = {kind.kind: kind.plural for kind in CHILD_KINDS} | {api.KIND: api.PLURAL}
 
 
 class Kube:

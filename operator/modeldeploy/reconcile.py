@@ -255,8 +255,7 @@ class Reconciler:
             and _owns_replicas(live, self.settings.field_manager)
         ):
             current = int((live.get("spec") or {}).get("replicas") or 0)
-            bounds = spec.autoscaling
-            keep = min(max(current, bounds.min_replicas), bounds.max_replicas)
+            keep = spec.autoscaling.bound(current)
             self.kube.hand_over_replicas(owner.namespace, owner.name, keep)
             metrics.WRITES.labels(kind="Deployment", verb="apply-handoff").inc()
 
@@ -272,19 +271,18 @@ class Reconciler:
                 else self._seen.get(uid)
             )
             after = _fingerprint(applied)
-            if before != after or (kind == "Deployment" and live is None):
+            if before != after:
                 outcome.changed.append(kind)
             self._seen[uid] = after
             if kind == "Deployment":
                 deployment = applied
         for kind in children.unwanted:
             existing = self.kube.get(kind, owner.namespace, owner.name)
-            if existing is not None and _is_controlled_by(existing, owner.uid):
-                try:
-                    if self.kube.delete(kind, owner.namespace, owner.name):
-                        metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
-                        outcome.deleted.append(kind.kind)
-                except ApiException as error:
-                    if error.status != 404:
-                        raise
+            if (
+                existing is not None
+                and _is_controlled_by(existing, owner.uid)
+                and self.kube.delete(kind, owner.namespace, owner.name)
+            ):
+                metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
+                outcome.deleted.append(kind.kind)
         return deployment

@@ -136,7 +136,7 @@ def desired_replicas(spec: api.ModelDeploymentSpec | None, deployment: Mapping[s
     """
     replicas = _int((deployment.get("spec") or {}).get("replicas", 1))
     if spec is not None and spec.autoscaling is not None and not spec.suspend:
-        return min(max(replicas, spec.autoscaling.min_replicas), spec.autoscaling.max_replicas)
+        return spec.autoscaling.bound(replicas)
     return replicas
 
 
