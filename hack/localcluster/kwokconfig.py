@@ -29,83 +29,27 @@ options:
   serverAddress: 127.0.0.1:{port}
 """
 
-_NODE_READY = """\
+_STAGE = """\
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: localcluster-node-ready
+  name: localcluster-{name}
 spec:
   resourceRef:
     apiGroup: v1
-    kind: Node
+    kind: {kind}
   selector:
     matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ['True']
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      conditions:
-      {{{{ range NodeConditions }}}}
-      - type: {{{{ .type | Quote }}}}
-        status: {{{{ .status | Quote }}}}
-        reason: {{{{ .reason | Quote }}}}
-        message: {{{{ .message | Quote }}}}
-        lastHeartbeatTime: {{{{ $now | Quote }}}}
-        lastTransitionTime: {{{{ $now | Quote }}}}
-      {{{{ end }}}}
-      addresses:
-      - type: InternalIP
-        address: {{{{ NodeIP | Quote }}}}
-      - type: Hostname
-        address: {{{{ NodeName | Quote }}}}
-      allocatable:
-      {{{{ with .status.allocatable }}}}{{{{ YAML . 1 }}}}{{{{ else }}}}
-        cpu: "8"
-        memory: 32Gi
-        pods: "110"
-      {{{{ end }}}}
-      capacity:
-      {{{{ with .status.capacity }}}}{{{{ YAML . 1 }}}}{{{{ else }}}}
-        cpu: "8"
-        memory: 32Gi
-        pods: "110"
-      {{{{ end }}}}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        kubeletVersion: {kubelet_version}
-        kubeProxyVersion: {kubelet_version}
-        containerRuntimeVersion: kwok-{{{{ Version }}}}
-        kernelVersion: kwok-{{{{ Version }}}}
-        osImage: kwok
-        machineID: ""
-        systemUUID: ""
-        bootID: ""
-      phase: Running
 """
 
-# Refresh the conditions' heartbeat now and then; the Lease carries liveness.
-_NODE_HEARTBEAT = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: localcluster-node-heartbeat
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: In
-      values: ['True']
-  delay:
-    durationMilliseconds: 60000
-    jitterDurationMilliseconds: 70000
-  next:
-    statusTemplate: |
+
+def _stage(name: str, kind: str, rest: str) -> str:
+    """A Stage for ``kind`` objects; ``rest`` goes on from the selector's first expression."""
+    return _STAGE.format(name=name, kind=kind) + rest
+
+
+# The node's conditions as KWOK knows them, with the heartbeat set to now.
+_NODE_CONDITIONS = """\
       {{ $now := Now }}
       conditions:
       {{ range NodeConditions }}
@@ -116,20 +60,77 @@ spec:
         lastHeartbeatTime: {{ $now | Quote }}
         lastTransitionTime: {{ $now | Quote }}
       {{ end }}
-  immediateNextStage: true
 """
 
-_POD_RUNNING = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: localcluster-pod-running
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
+# render() fills in KUBELET_VERSION.
+_NODE_READY = _stage(
+    "node-ready",
+    "Node",
+    """\
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: NotIn
+      values: ['True']
+  next:
+    statusTemplate: |
+"""
+    + _NODE_CONDITIONS
+    + """\
+      addresses:
+      - type: InternalIP
+        address: {{ NodeIP | Quote }}
+      - type: Hostname
+        address: {{ NodeName | Quote }}
+      allocatable:
+      {{ with .status.allocatable }}{{ YAML . 1 }}{{ else }}
+        cpu: "8"
+        memory: 32Gi
+        pods: "110"
+      {{ end }}
+      capacity:
+      {{ with .status.capacity }}{{ YAML . 1 }}{{ else }}
+        cpu: "8"
+        memory: 32Gi
+        pods: "110"
+      {{ end }}
+      nodeInfo:
+        architecture: amd64
+        operatingSystem: linux
+        kubeletVersion: KUBELET_VERSION
+        kubeProxyVersion: KUBELET_VERSION
+        containerRuntimeVersion: kwok-{{ Version }}
+        kernelVersion: kwok-{{ Version }}
+        osImage: kwok
+        machineID: ""
+        systemUUID: ""
+        bootID: ""
+      phase: Running
+""",
+)
+
+# Refresh the conditions' heartbeat now and then; the Lease carries liveness.
+_NODE_HEARTBEAT = _stage(
+    "node-heartbeat",
+    "Node",
+    """\
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: In
+      values: ['True']
+  delay:
+    durationMilliseconds: 60000
+    jitterDurationMilliseconds: 70000
+  next:
+    statusTemplate: |
+"""
+    + _NODE_CONDITIONS
+    + """\
+  immediateNextStage: true
+""",
+)
+
+_POD_RUNNING = _stage(
+    "pod-running",
+    "Pod",
+    """\
     - key: '.metadata.deletionTimestamp'
       operator: DoesNotExist
     - key: '.status.podIP'
@@ -187,19 +188,13 @@ spec:
           running:
             startedAt: {{ $now | Quote }}
       {{ end }}
-"""
+""",
+)
 
-_POD_JOB_COMPLETE = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: localcluster-pod-job-complete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
+_POD_JOB_COMPLETE = _stage(
+    "pod-job-complete",
+    "Pod",
+    """\
     - key: '.metadata.deletionTimestamp'
       operator: DoesNotExist
     - key: '.status.phase'
@@ -226,27 +221,22 @@ spec:
             startedAt: {{ $now | Quote }}
             finishedAt: {{ $now | Quote }}
       {{ end }}
-"""
+""",
+)
 
 # What a kubelet does once a pod is marked for deletion: stop it and confirm with a delete.
-_POD_DELETE = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: localcluster-pod-delete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
+_POD_DELETE = _stage(
+    "pod-delete",
+    "Pod",
+    """\
     - key: '.metadata.deletionTimestamp'
       operator: Exists
   next:
     finalizers:
       empty: true
     delete: true
-"""
+""",
+)
 
 
 def render(*, server_port: int, kubelet_version: str) -> str:
@@ -254,7 +244,7 @@ def render(*, server_port: int, kubelet_version: str) -> str:
     annotation = "=".join(NODE_ANNOTATION)
     docs = [
         _OPTIONS.format(annotation=annotation, cidr=POD_CIDR, port=server_port),
-        _NODE_READY.format(kubelet_version=kubelet_version),
+        _NODE_READY.replace("KUBELET_VERSION", kubelet_version),
         _NODE_HEARTBEAT,
         _POD_RUNNING,
         _POD_JOB_COMPLETE,
