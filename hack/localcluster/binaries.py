@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcluster import versions
-from localcluster.gomod import go_env
+from localcluster.gomod import go_env, go_mod_download
 
 Log = Callable[[str], None]
 
@@ -62,15 +62,8 @@ class Binary:
 
 
 def _module_info(module: str, version: str) -> dict[str, str]:
-    """``go mod download -json`` for one module: fast once the module cache has it."""
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{module}@{version}"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=go_env(),
-    ).stdout
-    info: dict[str, str] = json.loads(out)
+    """``go mod download -json`` for one module, plus its tag's time: fast once cached."""
+    info = go_mod_download(module, version)
     info["Time"] = json.loads(Path(info["Info"]).read_text())["Time"]
     return info
 

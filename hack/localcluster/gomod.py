@@ -36,8 +36,8 @@ def gomod_root(repo: Path) -> Path:
     return repo / "hack" / "gomod"
 
 
-def download_gomod(module: str, version: str) -> str:
-    """Return the text of ``module@version``'s go.mod as published on the proxy."""
+def go_mod_download(module: str, version: str) -> dict[str, str]:
+    """``go mod download -json module@version``: its files in the module cache and its sums."""
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
         check=True,
@@ -45,7 +45,13 @@ def download_gomod(module: str, version: str) -> str:
         text=True,
         env=go_env(),
     ).stdout
-    info = json.loads(out)
+    info: dict[str, str] = json.loads(out)
+    return info
+
+
+def download_gomod(module: str, version: str) -> str:
+    """Return the text of ``module@version``'s go.mod as published on the proxy."""
+    info = go_mod_download(module, version)
     if "Error" in info:
         raise RuntimeError(f"go mod download {module}@{version}: {info['Error']}")
     return Path(info["GoMod"]).read_text()
