@@ -115,28 +115,41 @@ def _no_stamp(_: Binary) -> Mapping[str, str]:
     return {}
 
 
+#: Folder under hack/gomod/ -> the upstream module it pins, its version, its version stamp.
+_SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
+    "etcd": ("go.etcd.io/etcd/server/v3", versions.ETCD_VERSION, _etcd_stamp),
+    "kubernetes": ("k8s.io/kubernetes", versions.KUBERNETES_VERSION, _kubernetes_stamp),
+    "kwok": ("sigs.k8s.io/kwok", versions.KWOK_VERSION, _no_stamp),
+    "metrics-server": (
+        "sigs.k8s.io/metrics-server",
+        versions.METRICS_SERVER_VERSION,
+        _metrics_server_stamp,
+    ),
+    "cri-tools": ("sigs.k8s.io/cri-tools", versions.CRI_TOOLS_VERSION, _cri_tools_stamp),
+    "kube-router": (
+        "github.com/cloudnativelabs/kube-router/v2",
+        versions.KUBE_ROUTER_VERSION,
+        _kube_router_stamp,
+    ),
+}
+
+
+def _binaries(gomod: str, commands: Mapping[str, str]) -> list[Binary]:
+    """One Binary per command (name -> main package) of the wrapper module ``gomod``."""
+    module, version, stamp = _SOURCES[gomod]
+    return [
+        Binary(name, version, module, gomod, pkg, stamp, cgo=name in versions.CGO_COMMANDS)
+        for name, pkg in commands.items()
+    ]
+
+
 def all_binaries() -> list[Binary]:
     """The control plane ``build`` produces by default, in order: etcd and the apiserver first."""
-    kube = [
-        Binary(
-            name,
-            versions.KUBERNETES_VERSION,
-            "k8s.io/kubernetes",
-            "kubernetes",
-            pkg,
-            _kubernetes_stamp,
-        )
-        for name, pkg in versions.KUBERNETES_COMMANDS.items()
+    return [
+        *_binaries("etcd", versions.ETCD_COMMANDS),
+        *_binaries("kubernetes", versions.KUBERNETES_COMMANDS),
+        *_binaries("kwok", versions.KWOK_COMMANDS),
     ]
-    etcd = [
-        Binary(name, versions.ETCD_VERSION, "go.etcd.io/etcd/server/v3", "etcd", pkg, _etcd_stamp)
-        for name, pkg in versions.ETCD_COMMANDS.items()
-    ]
-    kwok = [
-        Binary(name, versions.KWOK_VERSION, "sigs.k8s.io/kwok", "kwok", pkg, _no_stamp)
-        for name, pkg in versions.KWOK_COMMANDS.items()
-    ]
-    return [*etcd, *kube, *kwok]
 
 
 def node_binaries() -> list[Binary]:
@@ -145,60 +158,15 @@ def node_binaries() -> list[Binary]:
 
     Kept out of the default build so the KWOK-only cluster (CI's) stays a 10-minute cold build.
     """
-    kube = [
-        Binary(
-            name,
-            versions.KUBERNETES_VERSION,
-            "k8s.io/kubernetes",
-            "kubernetes",
-            pkg,
-            _kubernetes_stamp,
-            cgo=name in versions.CGO_COMMANDS,
-        )
-        for name, pkg in versions.KUBERNETES_NODE_COMMANDS.items()
+    return [
+        *_binaries("kubernetes", versions.KUBERNETES_NODE_COMMANDS),
+        *_binaries("metrics-server", versions.METRICS_SERVER_COMMANDS),
+        *_binaries("cri-tools", versions.CRI_TOOLS_COMMANDS),
+        *_binaries("kube-router", versions.KUBE_ROUTER_COMMANDS),
     ]
-    metrics = [
-        Binary(
-            name,
-            versions.METRICS_SERVER_VERSION,
-            "sigs.k8s.io/metrics-server",
-            "metrics-server",
-            pkg,
-            _metrics_server_stamp,
-        )
-        for name, pkg in versions.METRICS_SERVER_COMMANDS.items()
-    ]
-    crictl = [
-        Binary(
-            name,
-            versions.CRI_TOOLS_VERSION,
-            "sigs.k8s.io/cri-tools",
-            "cri-tools",
-            pkg,
-            _cri_tools_stamp,
-        )
-        for name, pkg in versions.CRI_TOOLS_COMMANDS.items()
-    ]
-    router = [
-        Binary(
-            name,
-            versions.KUBE_ROUTER_VERSION,
-            "github.com/cloudnativelabs/kube-router/v2",
-            "kube-router",
-            pkg,
-            _kube_router_stamp,
-        )
-        for name, pkg in versions.KUBE_ROUTER_COMMANDS.items()
-    ]
-    return [*kube, *metrics, *crictl, *router]
 
 
-NODE_BINARY_NAMES = (
-    *versions.KUBERNETES_NODE_COMMANDS,
-    *versions.METRICS_SERVER_COMMANDS,
-    *versions.CRI_TOOLS_COMMANDS,
-    *versions.KUBE_ROUTER_COMMANDS,
-)
+NODE_BINARY_NAMES = tuple(b.name for b in node_binaries())
 
 
 def known_binaries() -> list[Binary]:
