@@ -298,8 +298,18 @@ def _layer_from_dir(rootfs: Path, dest: Path, excludes: Sequence[str] = ()) -> N
     _run(argv, what=f"tar {rootfs}", timeout=600)
 
 
-def _cached(kind: str, key: str) -> Path:
-    return images_cache() / f"{kind}-{key[:16]}.oci.tar"
+def _cached(kind: str, name: str, key: str, *, build: bool) -> Image:
+    """The image at its place in the cache, built or not.
+
+    With ``build`` off, a missing archive is a FileNotFoundError that says how to build it.
+    """
+    image = Image(name, images_cache() / f"{kind}-{key[:16]}.oci.tar", key)
+    if not build and not image.archive.is_file():
+        raise FileNotFoundError(
+            f"the {kind} image is not built ({image.archive} is missing): "
+            "run `python -m localcluster images` or `up --real-node` without --no-build"
+        )
+    return image
 
 
 def _prune(kind: str, keep: int = 3) -> None:
@@ -317,23 +327,14 @@ def _prune(kind: str, keep: int = 3) -> None:
 # -- pause -----------------------------------------------------------------------------------
 
 
-def _missing(kind: str, archive: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"the {kind} image is not built ({archive} is missing): "
-        "run `python -m localcluster images` or `up --real-node` without --no-build"
-    )
-
-
 def pause_image(log: Log, *, build: bool = True) -> Image:
     """The sandbox image: one statically linked binary, nothing else."""
     source = IMAGES_SRC / "pause" / "pause.c"
     gcc = _need("gcc", "gcc libc6-dev")
     key = _key("pause", _sha256_file(source), _tool_version([gcc, "--version"]), PAUSE_IMAGE)
-    archive = _cached("pause", key)
-    if archive.is_file():
-        return Image(PAUSE_IMAGE, archive, key)
-    if not build:
-        raise _missing("pause", archive)
+    image = _cached("pause", PAUSE_IMAGE, key, build=build)
+    if image.archive.is_file():
+        return image
     log(f"building the pause image {PAUSE_IMAGE} (gcc -static)")
     with _workdir("pause") as tmp:
         rootfs = tmp / "rootfs"
@@ -346,13 +347,13 @@ def pause_image(log: Log, *, build: bool = True) -> Image:
         layer = tmp / "layer.tar"
         _layer_from_dir(rootfs, layer)
         write_oci_archive(
-            archive,
+            image.archive,
             PAUSE_IMAGE,
             layer,
             {"Entrypoint": ["/pause"], "User": "65535:65535"},
             created="1970-01-01T00:00:00Z",
         )
-    return Image(PAUSE_IMAGE, archive, key)
+    return image
 
 
 # -- base ------------------------------------------------------------------------------------
@@ -364,11 +365,9 @@ def base_image(log: Log, *, build: bool = True) -> Image:
     key = _key(
         "base", DEBIAN_SUITE, DEBIAN_MIRROR, ",".join(BASE_PACKAGES), *_BASE_EXCLUDES, BASE_IMAGE
     )
-    archive = _cached("base", key)
-    if archive.is_file():
-        return Image(BASE_IMAGE, archive, key)
-    if not build:
-        raise _missing("base", archive)
+    image = _cached("base", BASE_IMAGE, key, build=build)
+    if image.archive.is_file():
+        return image
     log(f"building the base image {BASE_IMAGE} (debootstrap {DEBIAN_SUITE}, a few minutes)")
     t0 = time.monotonic()
     with _workdir("base") as tmp:
@@ -396,7 +395,7 @@ def base_image(log: Log, *, build: bool = True) -> Image:
         layer = tmp / "layer.tar"
         _layer_from_dir(rootfs, layer, _BASE_EXCLUDES)
         write_oci_archive(
-            archive,
+            image.archive,
             BASE_IMAGE,
             layer,
             {
@@ -408,8 +407,8 @@ def base_image(log: Log, *, build: bool = True) -> Image:
             },
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-    log(f"  base image built in {time.monotonic() - t0:.0f}s -> {archive}")
-    return Image(BASE_IMAGE, archive, key)
+    log(f"  base image built in {time.monotonic() - t0:.0f}s -> {image.archive}")
+    return image
 
 
 # -- server ----------------------------------------------------------------------------------
@@ -455,11 +454,9 @@ def server_image(
         raise BuildError(f"{dockerfile} does not exist yet")
     buildah = _need("buildah", "buildah")
     key = _key("server", hash_tree(context), base.key, _tool_version([buildah, "--version"]))
-    archive = _cached("server", key)
-    if archive.is_file():
-        return Image(SERVER_IMAGE, archive, key)
-    if not build:
-        raise _missing("server", archive)
+    image = _cached("server", SERVER_IMAGE, key, build=build)
+    if image.archive.is_file():
+        return image
     log(f"building the server image {SERVER_IMAGE} from {dockerfile} (buildah, a few minutes)")
     t0 = time.monotonic()
     log_path = images_cache() / "server-build.log"
@@ -488,7 +485,7 @@ def server_image(
         argv += [f"--volume={m}" for m in _pip_mounts(tmp)]
         argv.append(str(context))
         _run(argv, what=f"buildah bud (log: {log_path})", timeout=1800, env=env, log_path=log_path)
-        tmp_archive = archive.with_name(f".{archive.name}.tmp{os.getpid()}")
+        tmp_archive = image.archive.with_name(f".{image.archive.name}.tmp{os.getpid()}")
         _run(
             [buildah, *store, "push", SERVER_IMAGE, f"oci-archive:{tmp_archive}:{SERVER_IMAGE}"],
             what=f"buildah push (log: {log_path})",
@@ -496,10 +493,10 @@ def server_image(
             env=env,
             log_path=log_path,
         )
-        tmp_archive.replace(archive)
+        tmp_archive.replace(image.archive)
     _prune("server")
-    log(f"  server image built in {time.monotonic() - t0:.0f}s -> {archive}")
-    return Image(SERVER_IMAGE, archive, key)
+    log(f"  server image built in {time.monotonic() - t0:.0f}s -> {image.archive}")
+    return image
 
 
 def build_all(log: Log, *, server: bool = True, build: bool = True) -> list[Image]:
