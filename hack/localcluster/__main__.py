@@ -14,9 +14,15 @@ from localcluster.cluster import Cluster, ClusterError, repo_root
 from localcluster.node import NodeError
 
 
-def _env_real_node() -> bool:
-    """``make cluster-up REAL_NODE=1`` exports LOCALCLUSTER_REAL_NODE=1 to ask for a real node."""
-    return os.environ.get("LOCALCLUSTER_REAL_NODE", "").strip().lower() in {"1", "true", "yes"}
+def _add_real_node_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--real-node``, on by default when LOCALCLUSTER_REAL_NODE is 1, true or yes.
+
+    ``make cluster-up REAL_NODE=1`` exports LOCALCLUSTER_REAL_NODE=1 to ask for a real node.
+    """
+    env = os.environ.get("LOCALCLUSTER_REAL_NODE", "").strip().lower()
+    p.add_argument(
+        "--real-node", action="store_true", default=env in {"1", "true", "yes"}, help=help_text
+    )
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
@@ -110,11 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="build (or find cached) pinned binaries")
     p.add_argument("--jobs", "-p", type=int, default=2, help="go build -p (default 2)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    p.add_argument(
-        "--real-node",
-        action="store_true",
-        default=_env_real_node(),
-        help="also kubelet, kube-proxy, kube-router, metrics-server and crictl (for "
+    _add_real_node_flag(
+        p,
+        "also kubelet, kube-proxy, kube-router, metrics-server and crictl (for "
         "`up --real-node`; default: $LOCALCLUSTER_REAL_NODE)",
     )
     p.set_defaults(func=cmd_build)
@@ -136,11 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-build", action="store_true", help="fail instead of building missing binaries"
     )
-    p.add_argument(
-        "--real-node",
-        action="store_true",
-        default=_env_real_node(),
-        help="a real node (containerd, kubelet, kube-proxy, kube-router, metrics-server) "
+    _add_real_node_flag(
+        p,
+        "a real node (containerd, kubelet, kube-proxy, kube-router, metrics-server) "
         "instead of KWOK; needs root (default: $LOCALCLUSTER_REAL_NODE)",
     )
     p.set_defaults(func=cmd_up)
