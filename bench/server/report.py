@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # (peer, protocol both sides are measured on)
@@ -27,6 +27,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 4) 
     out = [line(headers), "  ".join("-" * w for w in widths)]
     out.extend(line(r) for r in rows)
     return "\n".join(out)
+
+
+Cell = Callable[[dict[str, Any]], str]
+
+
+def columns_table(items: Sequence[dict[str, Any]], columns: dict[str, Cell], left: int = 4) -> str:
+    """`table` with a row per item; `columns` maps each header to how its cell is made."""
+    rows = [[cell(item) for cell in columns.values()] for item in items]
+    return table(list(columns), rows, left)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -124,90 +133,55 @@ def ratios(
 
 
 def runs_table(runs: list[dict[str, Any]]) -> str:
-    headers = [
-        "model",
-        "scenario",
-        "server",
-        "proto",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "srv cores",
-        "req/core-s",
-        "other cores",
-    ]
-    rows = [
-        [
-            r["model"],
-            r["scenario"],
-            r["server"],
-            r["protocol"],
-            fmt(r["rps"], 0),
-            fmt(r["p50_ms"], 2),
-            fmt(r["p99_ms"], 2),
-            str(r["errors"]) + (" (invalid)" if "invalid" in r else ""),
-            fmt(r["server_cpu_cores"], 2),
-            fmt(r.get("rps_per_core"), 0),
-            fmt(r["other_cpu_cores"], 2),
-        ]
-        for r in runs
-    ]
-    return table(headers, rows)
+    return columns_table(
+        runs,
+        {
+            "model": lambda r: r["model"],
+            "scenario": lambda r: r["scenario"],
+            "server": lambda r: r["server"],
+            "proto": lambda r: r["protocol"],
+            "req/s": lambda r: fmt(r["rps"], 0),
+            "p50 ms": lambda r: fmt(r["p50_ms"], 2),
+            "p99 ms": lambda r: fmt(r["p99_ms"], 2),
+            "errors": lambda r: str(r["errors"]) + (" (invalid)" if "invalid" in r else ""),
+            "srv cores": lambda r: fmt(r["server_cpu_cores"], 2),
+            "req/core-s": lambda r: fmt(r.get("rps_per_core"), 0),
+            "other cores": lambda r: fmt(r["other_cpu_cores"], 2),
+        },
+    )
 
 
 def ratios_table(rows_in: list[dict[str, Any]]) -> str:
-    headers = [
-        "model",
-        "scenario",
-        "vs",
-        "proto",
-        "req/s ratio",
-        "p50 ratio",
-        "p99 ratio",
-        "per-core ratio",
-    ]
-    rows = [
-        [
-            r["model"],
-            r["scenario"],
-            PEER_LABEL[r["peer"]],
-            r["protocol"],
-            fmt_ratio(r["rps"]),
-            fmt_ratio(r["p50"]),
-            fmt_ratio(r["p99"]),
-            fmt_ratio(r.get("per_core")),
-        ]
-        for r in rows_in
-    ]
-    return table(headers, rows)
+    return columns_table(
+        rows_in,
+        {
+            "model": lambda r: r["model"],
+            "scenario": lambda r: r["scenario"],
+            "vs": lambda r: PEER_LABEL[r["peer"]],
+            "proto": lambda r: r["protocol"],
+            "req/s ratio": lambda r: fmt_ratio(r["rps"]),
+            "p50 ratio": lambda r: fmt_ratio(r["p50"]),
+            "p99 ratio": lambda r: fmt_ratio(r["p99"]),
+            "per-core ratio": lambda r: fmt_ratio(r.get("per_core")),
+        },
+    )
 
 
 def servers_table(servers: list[dict[str, Any]]) -> str:
-    headers = [
-        "model",
-        "server",
-        "cold start s",
-        "RSS ready MB",
-        "RSS peak MB",
-        "PSS after MB",
-        "procs",
-        "status",
-    ]
-    rows = [
-        [
-            s["model"],
-            s["server"],
-            fmt(s.get("cold_start_s"), 2),
-            fmt(s.get("rss_ready_mb"), 0),
-            fmt(s.get("rss_peak_mb"), 0),
-            fmt(s.get("pss_after_mb"), 0),
-            str(s.get("processes", "-")),
-            s.get("status", "-"),
-        ]
-        for s in servers
-    ]
-    return table(headers, rows, left=2)
+    return columns_table(
+        servers,
+        {
+            "model": lambda s: s["model"],
+            "server": lambda s: s["server"],
+            "cold start s": lambda s: fmt(s.get("cold_start_s"), 2),
+            "RSS ready MB": lambda s: fmt(s.get("rss_ready_mb"), 0),
+            "RSS peak MB": lambda s: fmt(s.get("rss_peak_mb"), 0),
+            "PSS after MB": lambda s: fmt(s.get("pss_after_mb"), 0),
+            "procs": lambda s: str(s.get("processes", "-")),
+            "status": lambda s: s.get("status", "-"),
+        },
+        left=2,
+    )
 
 
 def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -241,15 +215,14 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def targets_table(rows_in: list[dict[str, Any]]) -> str:
-    headers = ["model", "scenario", "goal", "ours/KServe", "result"]
-    rows = [
-        [
-            r["model"],
-            r["scenario"],
-            r["goal"],
-            fmt_ratio(r["ratio"]),
-            "n/a" if r["met"] is None else ("met" if r["met"] else "MISSED"),
-        ]
-        for r in rows_in
-    ]
-    return table(headers, rows, left=3)
+    return columns_table(
+        rows_in,
+        {
+            "model": lambda r: r["model"],
+            "scenario": lambda r: r["scenario"],
+            "goal": lambda r: r["goal"],
+            "ours/KServe": lambda r: fmt_ratio(r["ratio"]),
+            "result": lambda r: "n/a" if r["met"] is None else ("met" if r["met"] else "MISSED"),
+        },
+        left=3,
+    )
