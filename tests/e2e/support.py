@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import http.server
+import importlib
 import io
 import json
 import os
@@ -189,18 +190,10 @@ def wait_routed(url: str, timeout: float = 30.0) -> None:
     wait_for(f"{url} to answer through the Service", answers, timeout=timeout, interval=0.2)
 
 
-def v2_request(rows: list[list[float]]) -> dict[str, Any]:
-    flat = [value for row in rows for value in row]
-    return {
-        "inputs": [
-            {
-                "name": "input-0",
-                "shape": [len(rows), len(rows[0])],
-                "datatype": "FP64",
-                "data": flat,
-            }
-        ]
-    }
+# The benchmark's V2 request body; bench is not installed, so it comes from the repository.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+v2_request = importlib.import_module("bench.server.models").v2_body
 
 
 # -- a model file server on the node's network -----------------------------------------------
