@@ -108,26 +108,32 @@ def _post_events(body: Any, outcome: Outcome) -> None:
         )
 
 
-def _recheck(memo: kopf.Memo, namespace: str, name: str) -> None:
+def _recheck(memo: kopf.Memo, namespace: str, name: str, *, apply_children: bool) -> None:
     """Re-read an unsettled resource and recompute its status (pods may be failing)."""
     reconciler: Reconciler = memo.reconciler
     try:
         parent = reconciler.kube.get_model_deployment(namespace, name)
         if parent is not None and not parent["metadata"].get("deletionTimestamp"):
-            _run(memo, parent, apply_children=False, trigger="recheck")
+            _run(memo, parent, apply_children=apply_children, trigger="recheck")
     except (ApiException, kopf.TemporaryError) as error:
         logger.warning("re-check of %s/%s failed: %s", namespace, name, error)
 
 
 def _follow_up(memo: kopf.Memo, body: Any, outcome: Outcome) -> None:
-    """Settled resources get no timer; progressing ones are looked at again later."""
+    """Settled resources get no timer; progressing ones are looked at again later.
+
+    A resource whose child name is taken by someone else's object is applied again later:
+    the operator does not watch unowned objects, so nothing tells it when the name is free.
+    """
     requeue: Requeue = memo.requeue
     key = body["metadata"]["uid"]
-    if outcome.phase in SETTLED_PHASES:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if outcome.retry_apply:
+        requeue.schedule(key, lambda: _recheck(memo, namespace, name, apply_children=True))
+    elif outcome.phase in SETTLED_PHASES:
         requeue.settle(key)
     else:
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        requeue.schedule(key, lambda: _recheck(memo, namespace, name))
+        requeue.schedule(key, lambda: _recheck(memo, namespace, name, apply_children=False))
 
 
 def _run(memo: kopf.Memo, body: Any, *, apply_children: bool, trigger: str) -> None:

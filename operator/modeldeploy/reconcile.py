@@ -40,6 +40,17 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+class NameConflictError(Exception):
+    """A child's name is taken by an object this ModelDeployment does not control."""
+
+    def __init__(self, kind: str, namespace: str, name: str):
+        super().__init__(
+            f"a {kind} named {name} already exists in namespace {namespace} and is not "
+            "controlled by this ModelDeployment; the operator does not take it over: delete or "
+            "rename it (or this ModelDeployment)"
+        )
+
+
 @dataclass
 class Outcome:
     """What one reconcile did, for logs, metrics and Events."""
@@ -51,6 +62,9 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     transitions: list[status.Transition] = field(default_factory=list)
+    # A child's name is taken (NameConflict): nothing announces when it is free again, so the
+    # caller should try the apply again later.
+    retry_apply: bool = False
 
     @property
     def did_something(self) -> bool:
@@ -99,6 +113,9 @@ class Reconciler:
         # Why the last apply of a resource's children failed, until one succeeds: status-only
         # passes (child events) must not report Ready while a child could not be written.
         self._apply_failures: dict[str, status.ApplyFailure] = {}
+        # uid of each child this operator applied, per resource and kind: a child still in
+        # _seen (no DELETED event since) is known to be its own, so needs no ownership read.
+        self._children: dict[str, dict[str, str]] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
@@ -113,6 +130,7 @@ class Reconciler:
             self._locks.pop(uid, None)
         self._written.pop(uid, None)
         self._apply_failures.pop(uid, None)
+        self._children.pop(uid, None)
         if self._phases.pop(uid, None) is not None:
             self._update_phase_gauge()
 
@@ -193,13 +211,15 @@ class Reconciler:
                     message=kube.api_message(error),
                 )
                 deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
+            except NameConflictError as error:
+                self._apply_failures[uid] = status.ApplyFailure(
+                    permanent=True, message=str(error), reason="NameConflict"
+                )
+                deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
         elif spec is not None:
             deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
         if deployment is not None and not _is_controlled_by(deployment, uid):
-            spec_error = (
-                f"a Deployment named {name} exists and is not controlled by this ModelDeployment"
-            )
-            spec, deployment = None, None
+            deployment = None  # someone else's: its rollout says nothing about this resource
 
         pod_failure = None
         if deployment is not None and not self._rolled_out(deployment):
@@ -215,6 +235,9 @@ class Reconciler:
             selector=render.selector_string(owner),
             url=render.service_url(owner, self.settings.cluster_domain),
             apply_failure=self._apply_failures.get(uid),
+        )
+        outcome.retry_apply = (
+            observed.apply_failure is not None and observed.apply_failure.reason == "NameConflict"
         )
         written = self._written.get(uid)
         previous = written if written is not None else body.get("status") or {}
@@ -241,13 +264,33 @@ class Reconciler:
             and st.get("replicas", 0) == desired
         )
 
+    def _refuse_foreign(
+        self, children: render.Children, owner: render.Owner, live: Obj | None
+    ) -> None:
+        """Raise NameConflictError before writing anything if a child's name is someone else's.
+
+        Server-side apply would merge into such an object and take it over (a user's own
+        Service would start selecting the model pods). A child this operator applied and has
+        not seen deleted since needs no read.
+        """
+        known = self._children.get(owner.uid, {})
+        for wanted in children.wanted:
+            kind = render.child_kind(wanted["kind"])
+            if kind == render.DEPLOYMENT:
+                existing = live
+            elif known.get(kind.kind) in self._seen:
+                continue
+            else:
+                existing = self.kube.get(kind, owner.namespace, owner.name)
+            if existing is not None and not _is_controlled_by(existing, owner.uid):
+                raise NameConflictError(kind.kind, owner.namespace, owner.name)
+
     def _apply_children(
         self, body: Obj, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome
     ) -> Obj | None:
         children = render.render_children(body, spec, self.settings)
         live = self.kube.get(render.DEPLOYMENT, owner.namespace, owner.name)
-        if live is not None and not _is_controlled_by(live, owner.uid):
-            return live  # refuse to take over someone else's Deployment; status says why
+        self._refuse_foreign(children, owner, live)
         if (
             live is not None
             and spec.autoscaling is not None
@@ -274,6 +317,7 @@ class Reconciler:
             if before != after:
                 outcome.changed.append(kind)
             self._seen[uid] = after
+            self._children.setdefault(owner.uid, {})[kind] = uid
             if kind == "Deployment":
                 deployment = applied
         for kind in children.unwanted:

@@ -70,6 +70,14 @@ PDB = ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 CHILD_KINDS = (DEPLOYMENT, SERVICE, HPA, NETWORK_POLICY, PDB)
 
 
+def child_kind(kind: str) -> ChildKind:
+    """The ChildKind of a rendered object's ``kind``."""
+    for known in CHILD_KINDS:
+        if known.kind == kind:
+            return known
+    raise KeyError(kind)
+
+
 def selector_labels(owner: Owner) -> dict[str, str]:
     """Labels that select the model pods; never change them (Deployment selectors are immutable)."""
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner.name}

@@ -43,10 +43,16 @@ class PodFailure:
 
 @dataclass(frozen=True)
 class ApplyFailure:
-    """The API server refused a child: permanent (4xx) needs someone to act, else it is retried."""
+    """A child could not be applied: permanent ones need someone to act, the others are retried.
+
+    ``ApplyFailed``: the API server refused the child (quota, RBAC, an exhausted Service range).
+    ``NameConflict``: an object of the child's kind and name exists that this resource does not
+    control; the operator does not take it over.
+    """
 
     permanent: bool
     message: str
+    reason: str = "ApplyFailed"
 
 
 @dataclass(frozen=True)
@@ -141,18 +147,21 @@ def desired_replicas(spec: api.ModelDeploymentSpec | None, deployment: Mapping[s
 
 
 def _refused_verdict(refused: ApplyFailure, dep: Mapping[str, Any] | None) -> _Verdict:
-    message = f"applying the children failed: {refused.message}"
+    reason = refused.reason
+    message = refused.message
+    if reason == "ApplyFailed":
+        message = f"applying the children failed: {message}"
     serving = _int(((dep or {}).get("status") or {}).get("availableReplicas")) > 0
     if refused.permanent:
         return _Verdict(
             phase="Degraded" if serving else "Failed",
-            ready=("False", "ApplyFailed", message),
-            stalled=("True", "ApplyFailed", message),
+            ready=("False", reason, message),
+            stalled=("True", reason, message),
         )
     return _Verdict(
         phase="Degraded" if serving else "Progressing",
-        ready=("False", "ApplyFailed", message),
-        reconciling=("True", "ApplyFailed", f"{message} (retrying)"),
+        ready=("False", reason, message),
+        reconciling=("True", reason, f"{message} (retrying)"),
     )
 
 

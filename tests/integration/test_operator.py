@@ -383,3 +383,70 @@ def test_a_refused_child_makes_the_resource_stalled_until_it_can_be_applied(
     assert models.condition("refused", "Ready")["status"] == "False"  # type: ignore[index]
     core.delete_namespaced_resource_quota("no-services", namespace)
     models.wait_condition("refused", "Ready", timeout=30)
+
+
+def test_a_name_taken_by_someone_elses_object_is_refused_and_left_untouched(
+    api_client: client.ApiClient, namespace: str, models: Models
+) -> None:
+    """A user's own Service of the same name is not taken over (server-side apply would merge
+    into it); once the user deletes it, the operator creates its own without being asked."""
+    core = client.CoreV1Api(api_client)
+    theirs = client.V1Service(
+        metadata=client.V1ObjectMeta(name="taken", labels={"team": "web"}),
+        spec=client.V1ServiceSpec(
+            selector={"app": "web"}, ports=[client.V1ServicePort(port=80, target_port=8080)]
+        ),
+    )
+    core.create_namespaced_service(namespace, theirs)
+    models.create("taken", {"model": FILE_MODEL, "replicas": 1})
+    body = models.wait_condition("taken", "Stalled", reason="NameConflict", timeout=30)
+    assert body["status"]["phase"] == "Failed"
+    ready = models.current_condition(body, "Ready")
+    assert ready is not None
+    assert ready["status"] == "False"
+    assert ready["reason"] == "NameConflict"
+    assert f"a Service named taken already exists in namespace {namespace}" in ready["message"]
+
+    service = core.read_namespaced_service("taken", namespace)
+    assert service.spec.selector == {"app": "web"}
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, 8080)]
+    assert service.metadata.labels == {"team": "web"}
+    assert not service.metadata.owner_references
+    assert models.deployment("taken") is None  # nothing is written before the check passes
+
+    core.delete_namespaced_service("taken", namespace)
+    body = models.wait_condition("taken", "Ready", timeout=40)
+    (ref,) = core.read_namespaced_service("taken", namespace).metadata.owner_references
+    assert ref.uid == body["metadata"]["uid"]
+
+
+def test_a_deployment_of_the_same_name_is_not_taken_over(
+    api_client: client.ApiClient, namespace: str, models: Models
+) -> None:
+    apps = client.AppsV1Api(api_client)
+    labels = {"app": "theirs"}
+    apps.create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="theirs"),
+            spec=client.V1DeploymentSpec(
+                replicas=0,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=labels),
+                    spec=client.V1PodSpec(
+                        containers=[client.V1Container(name="app", image="example.com/app:1")]
+                    ),
+                ),
+            ),
+        ),
+    )
+    models.create("theirs", {"model": FILE_MODEL, "replicas": 1})
+    body = models.wait_condition("theirs", "Stalled", reason="NameConflict", timeout=30)
+    ready = models.current_condition(body, "Ready")
+    assert ready is not None
+    assert "a Deployment named theirs already exists" in ready["message"]
+    deployment = apps.read_namespaced_deployment("theirs", namespace)
+    assert deployment.spec.template.spec.containers[0].image == "example.com/app:1"
+    assert not deployment.metadata.owner_references
+    assert not client.CoreV1Api(api_client).list_namespaced_service(namespace).items

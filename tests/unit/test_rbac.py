@@ -35,9 +35,9 @@ def used() -> dict[tuple[str, str], set[str]]:
         ("", "pods"): {"list"},  # Kube.list_pods
         ("", "events"): {"create"},  # kopf.event
     }
-    # Every kind a spec can render is applied (patch, create) and watched for drift (list,
-    # watch); the
-    # Deployment is read before apply (get); kinds that can become unwanted are read, then deleted.
+    # Every kind a spec can render is read before apply to refuse a name someone else's object
+    # holds (get), applied (patch, create) and watched for drift (list, watch); kinds that can
+    # become unwanted are read, then deleted.
     everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
     nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
     for spec in (everything, nothing):
@@ -46,11 +46,12 @@ def used() -> dict[tuple[str, str], set[str]]:
             group = obj["apiVersion"].rpartition("/")[0]
             # Server-side apply is a PATCH, and the API server also checks create when it
             # creates the object.
-            out.setdefault((group, _plural(obj["kind"])), set()).update(WATCH | {"create", "patch"})
+            out.setdefault((group, _plural(obj["kind"])), set()).update(
+                WATCH | {"get", "create", "patch"}
+            )
         for kind in children.unwanted:
             group = kind.api_version.rpartition("/")[0]
             out.setdefault((group, kind.plural), set()).update(WATCH | {"get", "delete"})
-    out[("apps", "deployments")].add("get")  # Reconciler._apply_children reads it first
     return out
 
 

@@ -258,3 +258,19 @@ def test_a_refused_child_is_never_reported_ready() -> None:
     )
     assert conditions(result)["Stalled"]["status"] == "True"
     assert result["phase"] == "Failed"
+
+
+def test_a_name_conflict_is_stalled_with_its_own_reason_and_message() -> None:
+    conflict = status.ApplyFailure(
+        permanent=True, message="a Service named m already exists", reason="NameConflict"
+    )
+    result, transitions = status.compute_status(
+        status.Observed(2, SPEC, None, None, None, "s", "u", apply_failure=conflict), None, NOW
+    )
+    cond = conditions(result)
+    for type_ in ("Ready", "Stalled"):
+        assert cond[type_]["reason"] == "NameConflict"
+        assert cond[type_]["message"] == "a Service named m already exists"
+    assert cond["Stalled"]["status"] == "True"
+    assert result["phase"] == "Failed"
+    assert any(t.type == "Stalled" and t.warning for t in transitions)
