@@ -98,11 +98,11 @@ def operator_kubeconfig(
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path) -> Iterator[KopfRunner]:
+def running_operator(kubeconfig: Path, server_image: str = SERVER_IMAGE) -> Iterator[KopfRunner]:
     """The operator in-process (kopf's KopfRunner), authenticated as its ServiceAccount."""
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
-    handlers.configure(Settings(server_image=SERVER_IMAGE, metrics_port=0, health_port=0))
+    handlers.configure(Settings(server_image=server_image, metrics_port=0, health_port=0))
     try:
         with KopfRunner(
             ["run", "--standalone", "--all-namespaces", "-m", "modeldeploy.handlers"],

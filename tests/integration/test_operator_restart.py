@@ -1,4 +1,4 @@
-"""A stopped and restarted operator converges with no duplicate or orphaned objects."""
+"""A stopped and restarted or upgraded operator converges, with no duplicate or orphan."""
 
 from __future__ import annotations
 
@@ -60,3 +60,43 @@ def test_operator_restart_converges_without_duplicates(
                 "PodDisruptionBudget": 1,
                 "NetworkPolicy": 1,
             }
+
+
+def test_an_upgraded_operator_rolls_its_new_server_image_out(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """A new operator release with a new default server image reaches the running pods (a
+    server image that a resource names itself stays)."""
+    models = Models(api_client, namespace)
+    pinned = "registry.example.com/team/modelserver:custom"
+    with running_operator(operator_kubeconfig):
+        models.create("default-image", {"model": MODEL, "replicas": 1})
+        models.create("own-image", {"model": MODEL, "replicas": 1, "server": {"image": pinned}})
+        for name in ("default-image", "own-image"):
+            models.wait_condition(name, "Ready")
+
+    def image(name: str) -> str:
+        deployment = models.deployment(name)
+        assert deployment is not None
+        return str(deployment.spec.template.spec.containers[0].image)
+
+    upgraded = "registry.example.com/modeldeploy/modelserver:next"
+    with running_operator(operator_kubeconfig, server_image=upgraded):
+
+        def rolled_out() -> bool:
+            deployment = models.deployment("default-image")
+            assert deployment is not None
+            st = deployment.status
+            return bool(
+                image("default-image") == upgraded
+                and st.observed_generation == deployment.metadata.generation
+                and st.updated_replicas == st.available_replicas == st.replicas == 1
+            )
+
+        wait_for("the new default image rolled out", rolled_out, timeout=30)
+        body = models.wait_condition("default-image", "Ready")
+        assert body["status"]["updatedReplicas"] == 1
+        assert image("own-image") == pinned
