@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 import pytest
+from kubernetes import client
+
+from server.support import s3_server
 
 from .support import Models, http_json, sha256, v2_request, wait_for, wait_routed
 
@@ -110,6 +114,116 @@ def test_http_model_is_ready_only_once_downloaded_and_verified(
     assert requested == ["/iris/v1/model.joblib"]
     assert_pods_ready(models, "iris-http", 1)
     assert_serves(models, "iris-http", expected)
+
+
+def test_pvc_model_is_mounted_read_only_and_served(
+    models: Models, example_model: bytes, tmp_path: Path
+) -> None:
+    """pvc://CLAIM/path: a PersistentVolume (hostPath on the node) bound to a claim; the pod
+    mounts it read-only and serves the file."""
+    folder = tmp_path / "volume"
+    (folder / "iris").mkdir(parents=True)
+    folder.chmod(0o755)
+    (folder / "iris").chmod(0o755)
+    model_file = folder / "iris" / "model.joblib"
+    model_file.write_bytes(example_model)
+    model_file.chmod(0o644)
+    volume = f"{models.namespace}-models"
+    models.core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=volume),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadOnlyMany"],
+                storage_class_name="",
+                persistent_volume_reclaim_policy="Retain",
+                host_path=client.V1HostPathVolumeSource(path=str(folder), type="Directory"),
+            ),
+        )
+    )
+    try:
+        models.core.create_namespaced_persistent_volume_claim(
+            models.namespace,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="models"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadOnlyMany"],
+                    storage_class_name="",
+                    volume_name=volume,
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                ),
+            ),
+        )
+        models.create(
+            "iris-pvc",
+            {
+                "model": {
+                    "uri": "pvc://models/iris/model.joblib",
+                    "digest": sha256(example_model),
+                    "version": "1",
+                }
+            },
+        )
+        models.wait_condition("iris-pvc", "Ready", timeout=180)
+        assert_pods_ready(models, "iris-pvc", 1)
+        assert_serves(models, "iris-pvc", in_process(example_model))
+        (pod,) = models.pods("iris-pvc")
+        (volume_source,) = [v for v in pod.spec.volumes if v.persistent_volume_claim]
+        assert volume_source.persistent_volume_claim.claim_name == "models"
+        assert volume_source.persistent_volume_claim.read_only
+    finally:
+        models.core.delete_persistent_volume(volume)
+
+
+def test_s3_model_is_fetched_with_the_credentials_secret_only_in_the_download_step(
+    models: Models, example_model: bytes, node_ip: str
+) -> None:
+    """s3://bucket/key from an S3-compatible server (moto) on the node's network; the
+    credentials and endpoint come from a Secret that only the download step sees."""
+    import boto3  # noqa: PLC0415 - only this test needs it
+
+    with s3_server(node_ip) as endpoint:
+        keys = {"AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret"}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        )
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="iris/v1/model.joblib", Body=example_model)
+        models.core.create_namespaced_secret(
+            models.namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="s3-credentials"),
+                string_data={
+                    **keys,
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                },
+            ),
+        )
+        models.create(
+            "iris-s3",
+            {
+                "model": {
+                    "uri": "s3://models/iris/v1/model.joblib",
+                    "digest": sha256(example_model),
+                    "credentialsSecret": "s3-credentials",
+                    "version": "1",
+                }
+            },
+        )
+        models.wait_condition("iris-s3", "Ready", timeout=180)
+    assert_pods_ready(models, "iris-s3", 1)
+    assert_serves(models, "iris-s3", in_process(example_model))
+    (pod,) = models.pods("iris-s3")
+    (fetch,) = pod.spec.init_containers
+    assert [source.secret_ref.name for source in fetch.env_from] == ["s3-credentials"]
+    (server,) = pod.spec.containers
+    assert not server.env_from
+    assert not any(var.value_from for var in server.env or [])
 
 
 def test_wrong_digest_stalls_while_the_old_version_keeps_serving(

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,34 @@ TESTS = HERE.parent
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def s3_server(host: str = "127.0.0.1") -> Iterator[str]:
+    """moto's S3-compatible server in its own process on ``host``; yields its endpoint URL."""
+    port = free_port(host)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            assert time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.1)
+        yield f"http://{host}:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @dataclasses.dataclass

@@ -4,11 +4,9 @@ with retries on transient errors only, and the digest checked before the file ap
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +19,7 @@ import pytest
 
 from modelserver import config, fetch
 
-from .support import free_port
+from .support import free_port, s3_server
 
 MODEL_BYTES = os.urandom(300_000)
 MODEL_DIGEST = "sha256:" + hashlib.sha256(MODEL_BYTES).hexdigest()
@@ -250,25 +248,8 @@ def test_cli_reports_a_missing_destination(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3-compatible server in its own process on 127.0.0.1."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.1)
+    with s3_server() as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture
