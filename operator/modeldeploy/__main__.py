@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 
 import kopf
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
+        # kopf's default identity asks the passwd database for the user name, and a container
+        # running as an arbitrary uid (65532 here) has no entry: the pod would crash at start.
+        identity=f"modeldeploy@{socket.gethostname()}",  # type: ignore[arg-type]  # a NewType of str
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=(

@@ -51,8 +51,9 @@ class Credentials:
 
 def credentials(configuration: client.Configuration) -> Credentials:
     """The connection details of a loaded client configuration."""
-    authorization = (configuration.api_key or {}).get("authorization", "")
-    token = authorization.removeprefix("Bearer ").strip() or None
+    # "Bearer <token>" from a kubeconfig, "bearer <token>" from the in-cluster loader.
+    scheme, _, value = (configuration.api_key or {}).get("authorization", "").partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
     return Credentials(
         server=configuration.host,
         ca_path=configuration.ssl_ca_cert,
