@@ -385,14 +385,10 @@ class Cluster:
 
         def launch(name: str) -> None:
             if name in node.ORDER:
-                argv, env = self._node_command(name, bins, node_ports, pki), node.env()
+                argv = self._node_command(name, bins, node_ports, pki, ports.apiserver)
+                self._launch(name, argv, node.env(), state)
             else:
-                argv, env = _COMMANDS[name](bins[name], lay, ports), dict(os.environ)
-            if name == "kwok":
-                env["KWOK_WORKDIR"] = str(lay.kwok_dir)  # never read ~/.kwok/kwok.yaml
-            if name == "kube-apiserver" and self.real_node:
-                argv += components.real_node_apiserver_flags(lay)
-            self._launch(name, argv, env, state)
+                self._launch(name, *self._control_plane_command(name, bins, ports), state)
 
         self.log(f"starting etcd {versions.ETCD_VERSION} on 127.0.0.1:{ports.etcd_client}")
         launch("etcd")
@@ -526,8 +522,26 @@ class Cluster:
             )
         node.write_configs(self.node_layout, ports, pki, components.SERVICE_CIDR)
 
+    def _control_plane_command(
+        self, name: str, bins: Mapping[str, Path], ports: Ports
+    ) -> tuple[list[str], dict[str, str]]:
+        lay = self.layout
+        argv, env = _COMMANDS[name](bins[name], lay, ports), dict(os.environ)
+        if name == "kwok":
+            env["KWOK_WORKDIR"] = str(lay.kwok_dir)  # never read ~/.kwok/kwok.yaml
+        if name == "kube-apiserver" and self.real_node:
+            extra = components.real_node_apiserver_flags(lay, advertise=node.NODE_IP)
+            overridden = {flag.split("=", 1)[0] for flag in extra}
+            argv = [a for a in argv if a.split("=", 1)[0] not in overridden] + extra
+        return argv, env
+
     def _node_command(
-        self, name: str, bins: Mapping[str, Path], ports: NodePorts, pki: certs.Pki
+        self,
+        name: str,
+        bins: Mapping[str, Path],
+        ports: NodePorts,
+        pki: certs.Pki,
+        apiserver_port: int,
     ) -> list[str]:
         nl = self.node_layout
         if name == "containerd":
@@ -538,6 +552,8 @@ class Cluster:
             return node.proxy_cmd(bins["kube-proxy"], nl)
         if name == "kube-router":
             return node.kube_router_cmd(bins["kube-router"], nl, components.SERVICE_CIDR)
+        if name == "apiserver-relay":
+            return node.relay_cmd(apiserver_port)
         return node.metrics_server_cmd(bins["metrics-server"], nl, ports, pki)
 
     def _start_node(
@@ -559,6 +575,8 @@ class Cluster:
             node.prepare_host(self.log, undo, components.SERVICE_CIDR)
         finally:
             self._save_state(state)  # whatever was changed, `down` must be able to undo
+        # Pods reach the API server through the `kubernetes` Service, which points here.
+        launch("apiserver-relay")
 
         self.log("starting containerd (Debian's) with state under the cluster root")
         launch("containerd")
@@ -651,7 +669,7 @@ class Cluster:
         left, then kube-proxy's rules, mounts, cgroups, and the host settings.
         """
         nl = self.node_layout
-        first = ("metrics-server", "kube-router", "kube-proxy", "kubelet")
+        first = ("metrics-server", "kube-router", "kube-proxy", "kubelet", "apiserver-relay")
         stopped = process.stop([recs[n] for n in first if n in recs])
         found = binaries.locate_all(["crictl", "kube-proxy"])
         if "containerd" in recs and process.alive(recs["containerd"]):

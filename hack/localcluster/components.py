@@ -188,14 +188,19 @@ def kwok(binary: Path, lay: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def real_node_apiserver_flags(lay: Layout) -> list[str]:
+def real_node_apiserver_flags(lay: Layout, *, advertise: str) -> list[str]:
     """Extra apiserver flags when a real kubelet is there (KWOK needs none of them).
 
     The apiserver authenticates to kubelets (logs, exec) and verifies their serving certs;
     aggregated APIs (metrics-server) are dialled at their endpoint IP, not through kube-proxy.
+    It advertises ``advertise`` (the node's bridge IP, where a relay passes connections on to
+    127.0.0.1) as the endpoint of the ``kubernetes`` Service, so pods reach it in-cluster.
+    These replace the flags of the same name in ``kube_apiserver``.
     """
     pki = certs.Pki(lay.pki)
     return [
+        f"--advertise-address={advertise}",
+        "--endpoint-reconciler-type=lease",
         f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
         f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
         f"--kubelet-certificate-authority={pki.ca_cert}",

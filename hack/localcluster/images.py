@@ -8,6 +8,8 @@ containerd's ``k8s.io`` namespace:
   for ``python:3.11-slim-bookworm`` as the ``PYTHON_IMAGE`` build argument of
   ``server_image/Dockerfile``.
 - ``server``: the model server, built by buildah from that unchanged Dockerfile.
+- ``operator``: the operator, built the same way from ``operator/Dockerfile`` (its context is
+  only the files that Dockerfile copies from the repository).
 
 Each result is an OCI archive in ``${XDG_CACHE_HOME:-~/.cache}/modeldeploy/images/``, named by a
 hash of everything that went into it (sources, package list, base image), so a second run
@@ -43,6 +45,17 @@ BASE_IMAGE = "localhost/modeldeploy/python:3.11-bookworm"
 #: The operator's default (``modeldeploy.settings.DEFAULT_SERVER_IMAGE``), as containerd
 #: spells it after normalising ``modeldeploy/modelserver:0.1.0``.
 SERVER_IMAGE = "docker.io/modeldeploy/modelserver:0.1.0"
+#: ``manifests/operator.yaml``'s ``modeldeploy/operator:0.1.0`` as containerd spells it.
+OPERATOR_IMAGE = "docker.io/modeldeploy/operator:0.1.0"
+#: What ``operator/Dockerfile`` copies from the repository: its whole build context.
+OPERATOR_CONTEXT = (
+    "pyproject.toml",
+    "README.md",
+    "operator/Dockerfile",
+    "operator/modeldeploy",
+    "server_image/modelserver",
+    "hack/localcluster",
+)
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("LOCALCLUSTER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -440,28 +453,26 @@ def _pip_mounts(tmp: Path) -> list[str]:
     return mounts
 
 
-def server_image(
-    log: Log, base: Image, context: Path | None = None, *, build: bool = True
+def _dockerfile_image(
+    log: Log, kind: str, *, name: str, context: Path, dockerfile: Path, base: Image, build: bool
 ) -> Image:
-    """``server_image/Dockerfile`` built by buildah on the local base image.
+    """A Dockerfile built by buildah on the local base image (``PYTHON_IMAGE``).
 
     Throwaway vfs storage per build (no daemon, no state to clean), chroot isolation (no
     user namespaces or cgroups needed), host network for ``pip install`` from PyPI.
     """
-    context = context or REPO / "server_image"
-    dockerfile = context / "Dockerfile"
     if not dockerfile.is_file():
         raise BuildError(f"{dockerfile} does not exist yet")
     buildah = _need("buildah", "buildah")
-    key = _key("server", hash_tree(context), base.key, _tool_version([buildah, "--version"]))
-    image = _cached("server", SERVER_IMAGE, key, build=build)
+    key = _key(kind, hash_tree(context), base.key, _tool_version([buildah, "--version"]))
+    image = _cached(kind, name, key, build=build)
     if image.archive.is_file():
         return image
-    log(f"building the server image {SERVER_IMAGE} from {dockerfile} (buildah, a few minutes)")
+    log(f"building the {kind} image {name} from {dockerfile} (buildah, a few minutes)")
     t0 = time.monotonic()
-    log_path = images_cache() / "server-build.log"
+    log_path = images_cache() / f"{kind}-build.log"
     log_path.write_text("")
-    with _workdir("server") as tmp:
+    with _workdir(kind) as tmp:
         store = [
             f"--root={tmp / 'storage'}",
             f"--runroot={tmp / 'run'}",
@@ -469,7 +480,6 @@ def server_image(
         ]
         env = dict(os.environ, BUILDAH_ISOLATION="chroot", TMPDIR=str(tmp))
         env.pop("BUILDAH_LAYERS", None)
-        base_ref = f"oci-archive:{base.archive}"
         argv = [
             buildah,
             *store,
@@ -477,9 +487,9 @@ def server_image(
             "--isolation=chroot",
             "--network=host",
             "--pull=never",
-            f"--build-arg=PYTHON_IMAGE={base_ref}",
+            f"--build-arg=PYTHON_IMAGE=oci-archive:{base.archive}",
             "--format=oci",
-            f"--tag={SERVER_IMAGE}",
+            f"--tag={name}",
             f"--file={dockerfile}",
         ]
         argv += [f"--volume={m}" for m in _pip_mounts(tmp)]
@@ -487,25 +497,66 @@ def server_image(
         _run(argv, what=f"buildah bud (log: {log_path})", timeout=1800, env=env, log_path=log_path)
         tmp_archive = image.archive.with_name(f".{image.archive.name}.tmp{os.getpid()}")
         _run(
-            [buildah, *store, "push", SERVER_IMAGE, f"oci-archive:{tmp_archive}:{SERVER_IMAGE}"],
+            [buildah, *store, "push", name, f"oci-archive:{tmp_archive}:{name}"],
             what=f"buildah push (log: {log_path})",
             timeout=600,
             env=env,
             log_path=log_path,
         )
         tmp_archive.replace(image.archive)
-    _prune("server")
-    log(f"  server image built in {time.monotonic() - t0:.0f}s -> {image.archive}")
+    _prune(kind)
+    log(f"  {kind} image built in {time.monotonic() - t0:.0f}s -> {image.archive}")
     return image
 
 
+def server_image(
+    log: Log, base: Image, context: Path | None = None, *, build: bool = True
+) -> Image:
+    """``server_image/Dockerfile``, its folder as the context."""
+    context = context or REPO / "server_image"
+    return _dockerfile_image(
+        log,
+        "server",
+        name=SERVER_IMAGE,
+        context=context,
+        dockerfile=context / "Dockerfile",
+        base=base,
+        build=build,
+    )
+
+
+def operator_image(log: Log, base: Image, *, build: bool = True) -> Image:
+    """``operator/Dockerfile`` with a context of only what it copies (not .venv, .git, ...)."""
+    with tempfile.TemporaryDirectory(prefix="operator-context-") as tmp:
+        context = Path(tmp)
+        for rel in OPERATOR_CONTEXT:
+            source, target = REPO / rel, context / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(
+                    source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                )
+            else:
+                shutil.copy2(source, target)
+        return _dockerfile_image(
+            log,
+            "operator",
+            name=OPERATOR_IMAGE,
+            context=context,
+            dockerfile=context / "operator" / "Dockerfile",
+            base=base,
+            build=build,
+        )
+
+
 def build_all(log: Log, *, server: bool = True, build: bool = True) -> list[Image]:
-    """Pause, base and (when its Dockerfile exists) the server image; cached by content."""
+    """Pause, base, and the server and operator images; cached by content."""
     images = [pause_image(log, build=build)]
     base = base_image(log, build=build)
     images.append(base)
-    if server and (REPO / "server_image" / "Dockerfile").is_file():
+    if server:
         images.append(server_image(log, base, build=build))
+        images.append(operator_image(log, base, build=build))
     return images
 
 

@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ SYSCTLS = {
     "net/bridge/bridge-nf-call-iptables": "1",  # kube-proxy's DNAT must see bridged packets
 }
 #: Order of the node's processes; ``down`` stops them in reverse (kubelet before containerd).
-ORDER = ("containerd", "kubelet", "kube-proxy", "kube-router", "metrics-server")
+ORDER = ("containerd", "kubelet", "kube-proxy", "kube-router", "metrics-server", "apiserver-relay")
 HOST_TOOLS = {
     "containerd": "containerd",
     "containerd-shim-runc-v2": "containerd",
@@ -625,6 +626,17 @@ def remove_router_rules(log: Log) -> None:
                 _sh(["ipset", "destroy", name], check=False)
     if removed:
         log(f"  removed kube-router's {removed} iptables chains and its ipsets")
+
+
+def relay_cmd(apiserver_port: int) -> list[str]:
+    """The relay from the bridge IP to the API server on 127.0.0.1 (localcluster.relay)."""
+    return [
+        sys.executable,
+        "-m",
+        "localcluster.relay",
+        f"{NODE_IP}:{apiserver_port}",
+        f"127.0.0.1:{apiserver_port}",
+    ]
 
 
 def metrics_server_cmd(
