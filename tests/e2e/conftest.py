@@ -95,11 +95,15 @@ def api_client(cluster: localcluster.Cluster) -> Iterator[client.ApiClient]:
     api.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     cluster: localcluster.Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """The CRD installed and the operator running (as its ServiceAccount) for the session."""
+    """The CRD installed and the operator running (as its ServiceAccount) for one test module.
+
+    Per module, so that a module can run the operator another way (from manifests/, as a pod)
+    without a second operator reconciling the same resources.
+    """
     install_crd(cluster)
     folder = tmp_path_factory.mktemp("operator")
     kubeconfig = operator_kubeconfig(cluster, folder / "kubeconfig")

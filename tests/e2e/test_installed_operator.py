@@ -1,0 +1,134 @@
+"""The operator installed as users install it: `kubectl apply -k manifests/`, running as a pod.
+
+The operator image is built from `operator/Dockerfile` (buildah, on the local Debian base) and
+runs under the Deployment, ServiceAccount and RBAC of `manifests/`: in the namespace that
+manifest puts under Pod Security `restricted`, with the security context it sets (non-root,
+read-only root filesystem, no capabilities), reaching the API server in-cluster through the
+`kubernetes` Service with its ServiceAccount token. One adjustment, as a user's overlay would
+make it: it watches only the test's namespace, so it is the only operator reconciling what
+the test creates (this module has no in-process operator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+import localcluster
+
+from .support import ROOT, Models, http_json, wait_for, wait_routed
+
+SYSTEM = "modeldeploy-system"
+OPERATOR = "modeldeploy-operator"
+
+
+@pytest.fixture
+def installed(
+    cluster: localcluster.Cluster, api_client: client.ApiClient, namespace: str
+) -> Iterator[client.V1Pod]:
+    """The manifests applied, adjusted for this cluster; yields the running operator pod."""
+    docs = list(yaml.safe_load_all(cluster.kubectl("kustomize", str(ROOT / "manifests")).stdout))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (watched,) = [e for e in container["env"] if e["name"] == "MODELDEPLOY_NAMESPACES"]
+    watched["value"] = namespace
+    cluster.kubectl(
+        "apply", "--server-side", "--field-manager=e2e", "-f", "-", input=yaml.safe_dump_all(docs)
+    )
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    selector = "app.kubernetes.io/name=modeldeploy,app.kubernetes.io/component=operator"
+
+    def running() -> client.V1Pod | None:
+        dep = apps.read_namespaced_deployment(OPERATOR, SYSTEM)
+        if dep.status.observed_generation != dep.metadata.generation:
+            return None
+        pods = [
+            pod
+            for pod in core.list_namespaced_pod(SYSTEM, label_selector=selector).items
+            if pod.metadata.deletion_timestamp is None
+        ]
+        if len(pods) != 1 or not pods[0].status.container_statuses:
+            return None
+        (status,) = pods[0].status.container_statuses
+        return pods[0] if status.ready and dep.status.updated_replicas == 1 else None
+
+    try:
+        try:
+            pod = wait_for("the operator pod running", running, timeout=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{_describe(core, selector)}") from None
+        yield pod
+    finally:
+        try:
+            apps.delete_namespaced_deployment(OPERATOR, SYSTEM)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        wait_for(
+            "the operator pod gone",
+            lambda: not core.list_namespaced_pod(SYSTEM, label_selector=selector).items,
+            timeout=60,
+        )
+
+
+def _describe(core: client.CoreV1Api, selector: str) -> str:
+    """The operator pods' states, events and logs: what a failed start needs explained."""
+    lines = []
+    for pod in core.list_namespaced_pod(SYSTEM, label_selector=selector).items:
+        lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {pod.status.container_statuses}")
+        events = core.list_namespaced_event(
+            SYSTEM, field_selector=f"involvedObject.name={pod.metadata.name}"
+        ).items
+        lines += [f"  event {e.reason}: {e.message}" for e in events]
+        try:
+            lines.append(core.read_namespaced_pod_log(pod.metadata.name, SYSTEM, tail_lines=40))
+        except ApiException as error:
+            lines.append(f"  no log: {error.reason}")
+    return "\n".join(lines) or "no operator pod"
+
+
+def test_the_operator_from_manifests_runs_restricted_and_serves_a_model(
+    installed: client.V1Pod, api_client: client.ApiClient, namespace: str
+) -> None:
+    pod = installed
+    (container,) = pod.spec.containers
+    assert container.image == "modeldeploy/operator:0.1.0"
+    assert pod.spec.service_account_name == OPERATOR
+    security = container.security_context
+    assert security.read_only_root_filesystem is True
+    assert security.run_as_non_root is True
+    assert security.allow_privilege_escalation is False
+    assert security.capabilities.drop == ["ALL"]
+    (status,) = pod.status.container_statuses
+    assert status.ready
+    assert status.restart_count == 0
+
+    models = Models(api_client, namespace)
+    models.create("iris", {"model": {"uri": "file:///opt/models/iris/model.joblib"}})
+    body = models.wait_condition("iris", "Ready", timeout=180)
+    assert body["status"]["readyReplicas"] == 1
+    deployment = models.deployment("iris")
+    assert deployment is not None
+    (manager,) = {f.manager for f in deployment.metadata.managed_fields if f.operation == "Apply"}
+    assert manager == "modeldeploy"
+
+    base = f"http://{models.cluster_ip('iris')}"
+    wait_routed(f"{base}/v2/models/iris/ready")
+    status_code, answer = http_json(
+        f"{base}/v1/models/iris:predict", {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    )
+    assert status_code == 200, answer
+    assert answer["predictions"] == [0]
+
+    logs = client.CoreV1Api(api_client).read_namespaced_pod_log(pod.metadata.name, SYSTEM)
+    assert f"reconciled {namespace}/iris" in logs
+    (status,) = (
+        client.CoreV1Api(api_client)
+        .read_namespaced_pod(pod.metadata.name, SYSTEM)
+        .status.container_statuses
+    )
+    assert status.restart_count == 0, "the operator restarted while it worked"
