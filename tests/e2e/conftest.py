@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 import localcluster
+from integration.operator_support import fresh_namespace
 from localcluster import binaries, images, node
 
 from .support import EXAMPLE_MODEL, Models, image_file, install_crd, operator_kubeconfig
@@ -115,16 +114,8 @@ def operator(
 @pytest.fixture
 def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (its pods go with it)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    try:
-        core.delete_namespace(name)
-    except ApiException as err:
-        if err.status != 404:
-            raise
+    with fresh_namespace(api_client, request.node.name) as name:
+        yield name
 
 
 @pytest.fixture

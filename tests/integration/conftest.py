@@ -10,17 +10,16 @@ session, in its own temporary root so it never clashes with a developer's
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 import localcluster
 from localcluster import binaries
+
+from .operator_support import fresh_namespace
 
 HERE = Path(__file__).parent
 
@@ -70,17 +69,5 @@ def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test; deleted afterwards (without waiting)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(
-        client.V1Namespace(
-            metadata=client.V1ObjectMeta(name=name, labels={"localcluster/test": "true"})
-        )
-    )
-    yield name
-    try:
-        core.delete_namespace(name)
-    except ApiException as err:
-        if err.status != 404:
-            raise
+    with fresh_namespace(api_client, request.node.name) as name:
+        yield name

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +32,25 @@ OPERATOR_NAMESPACE = "modeldeploy-system"
 OPERATOR_SA = "modeldeploy-operator"
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def fresh_namespace(api_client: client.ApiClient, test_name: str) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted afterwards (without waiting)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"localcluster/test": "true"})
+        )
+    )
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as err:
+        if err.status != 404:
+            raise
 
 
 def wait_for(

@@ -46,17 +46,13 @@ def used() -> dict[tuple[str, str], set[str]]:
             group = obj["apiVersion"].rpartition("/")[0]
             # Server-side apply is a PATCH, and the API server also checks create when it
             # creates the object.
-            out.setdefault((group, _plural(obj["kind"])), set()).update(
+            out.setdefault((group, render.child_kind(obj["kind"]).plural), set()).update(
                 WATCH | {"get", "create", "patch"}
             )
         for kind in children.unwanted:
             group = kind.api_version.rpartition("/")[0]
             out.setdefault((group, kind.plural), set()).update(WATCH | {"get", "delete"})
     return out
-
-
-def _plural(kind: str) -> str:
-    return next(k.plural for k in render.CHILD_KINDS if k.kind == kind)
 
 
 def _settings() -> Settings:
