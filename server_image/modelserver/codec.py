@@ -75,6 +75,46 @@ def as_features(array: np.ndarray, field: str, n_features: int | None) -> np.nda
     return array.astype(np.float64, copy=False)
 
 
+def check_range(array: np.ndarray, dtype: np.dtype, datatype: str, field: str) -> None:
+    """Refuses values that the declared datatype cannot hold (INT8 = 1000, UINT8 = -1, FP16 = 1e6).
+
+    The matrix is converted to float64 for the model anyway; the check keeps the declared type
+    honest, so that a client with a wrong datatype hears about it instead of getting a prediction.
+    """
+    if array.size == 0 or array.dtype.kind not in "iuf":
+        return
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            value = low if low < info.min else high
+            raise BadRequestError(
+                f"{field!r} holds {value}, outside the range of {datatype} "
+                f"({info.min} to {info.max})"
+            )
+    elif dtype.kind == "f" and dtype.itemsize < 8:
+        limit = float(np.finfo(dtype).max)
+        largest = float(np.abs(array.astype(np.float64, copy=False)).max())
+        if largest > limit:
+            raise BadRequestError(
+                f"{field!r} holds a value of magnitude {largest:g}, outside the range of "
+                f"{datatype} (at most {limit:g})"
+            )
+
+
+def boolean_parameter(parameters: dict[str, Any], key: str, field: str) -> bool:
+    """A true/false parameter: absent or null is false; anything but a JSON boolean is refused."""
+    value = parameters.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise BadRequestError(
+            f"{field}.{key} must be true or false, got {_json_type(value)} ({shown})"
+        )
+    return value
+
+
 def jsonable(array: np.ndarray) -> object:
     """What orjson can write: numeric arrays as they are (fast path), others as Python lists."""
     if array.dtype.kind in "biuf" and array.dtype.isnative and array.dtype.itemsize >= 4:

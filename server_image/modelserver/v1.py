@@ -25,7 +25,7 @@ def decode(body: bytes, n_features: int | None) -> tuple[np.ndarray, str]:
     if parameters is not None:
         if not isinstance(parameters, dict):
             raise BadRequestError('"parameters" must be an object')
-        if parameters.get(PREDICT_PROBA) is True:
+        if codec.boolean_parameter(parameters, PREDICT_PROBA, "parameters"):
             method = PREDICT_PROBA
     return x, method
 

@@ -126,6 +126,7 @@ def _input_matrix(tensor: object, binary: bytes, n_features: int | None) -> np.n
             raise BadRequestError(
                 f'shape {shape} needs {count} values but "data" holds {array.size}'
             )
+        codec.check_range(array, np.dtype(_DTYPES[datatype]), datatype, "inputs[0].data")
     return codec.as_features(array.reshape(shape), "data", n_features)
 
 
@@ -146,8 +147,9 @@ def _wanted_output(request: dict[str, object]) -> tuple[str, bool]:
     if parameters is not None and not isinstance(parameters, dict):
         raise BadRequestError('"parameters" must be an object')
     parameters = parameters or {}
-    method = PREDICT_PROBA if parameters.get(PREDICT_PROBA) is True else PREDICT
-    binary_output = parameters.get("binary_data_output") is True
+    wants_proba = codec.boolean_parameter(parameters, PREDICT_PROBA, "parameters")
+    method = PREDICT_PROBA if wants_proba else PREDICT
+    binary_output = codec.boolean_parameter(parameters, "binary_data_output", "parameters")
     outputs = request.get("outputs")
     if outputs is None:
         return method, binary_output
@@ -164,8 +166,12 @@ def _wanted_output(request: dict[str, object]) -> tuple[str, bool]:
             f"unknown output {name!r}: this model has {' and '.join(OUTPUT_NAMES)}"
         )
     output_parameters = output.get("parameters")
-    if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
-        binary_output = output_parameters["binary_data"] is True
+    if output_parameters is not None and not isinstance(output_parameters, dict):
+        raise BadRequestError('"outputs[0].parameters" must be an object')
+    if output_parameters and output_parameters.get("binary_data") is not None:
+        binary_output = codec.boolean_parameter(
+            output_parameters, "binary_data", "outputs[0].parameters"
+        )
     return str(name), binary_output
 
 

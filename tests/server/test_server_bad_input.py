@@ -24,6 +24,15 @@ def _v2_with(**changes: object) -> str:
     return json.dumps(body)
 
 
+def _v2_int(datatype: str, value: float) -> str:
+    """Two iris rows as whole numbers of `datatype`, one value replaced by `value`."""
+    rows = np.rint(IRIS_X[:2]).astype(int).tolist()
+    rows[1][2] = value
+    return json.dumps(
+        {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": datatype, "data": rows}]}
+    )
+
+
 # (id, method, path, body, extra headers, expected status, words the error must contain)
 BAD_REQUESTS = [
     ("malformed-json", "POST", V1, '{"instances": [[1, 2, 3, 4]]', {}, 400, "malformed JSON"),
@@ -47,6 +56,62 @@ BAD_REQUESTS = [
     ("v2-3d-shape", "POST", V2, _v2_with(shape=[2, 2, 2]), {}, 400, "[rows, features]"),
     ("v2-negative-shape", "POST", V2, _v2_with(shape=[-2, 4]), {}, 400, "non-negative"),
     ("v2-int-with-floats", "POST", V2, _v2_with(datatype="INT64"), {}, 400, "non-integer"),
+    ("v2-int8-overflow", "POST", V2, _v2_int("INT8", 1000), {}, 400, "'inputs[0].data' holds 1000"),
+    ("v2-uint8-negative", "POST", V2, _v2_int("UINT8", -1), {}, 400, "outside the range of UINT8"),
+    ("v2-int16-overflow", "POST", V2, _v2_int("INT16", -40_000), {}, 400, "(-32768 to 32767)"),
+    ("v2-uint32-overflow", "POST", V2, _v2_int("UINT32", 2**32), {}, 400, "range of UINT32"),
+    ("v2-fp16-overflow", "POST", V2, _v2_int("FP16", 100_000), {}, 400, "range of FP16"),
+    ("v2-fp32-overflow", "POST", V2, _v2_int("FP32", 1e39), {}, 400, "range of FP32"),
+    (
+        "v1-predict-proba-string",
+        "POST",
+        V1,
+        json.dumps({**v1_body(GOOD_ROWS), "parameters": {"predict_proba": "true"}}),
+        {},
+        400,
+        "parameters.predict_proba must be true or false, got a string",
+    ),
+    (
+        "v2-predict-proba-string",
+        "POST",
+        V2,
+        json.dumps({**v2_body(GOOD_ROWS), "parameters": {"predict_proba": "true"}}),
+        {},
+        400,
+        "parameters.predict_proba must be true or false, got a string",
+    ),
+    (
+        "v2-predict-proba-number",
+        "POST",
+        V2,
+        json.dumps({**v2_body(GOOD_ROWS), "parameters": {"predict_proba": 1}}),
+        {},
+        400,
+        "parameters.predict_proba must be true or false, got a number",
+    ),
+    (
+        "v2-binary-data-output-string",
+        "POST",
+        V2,
+        json.dumps({**v2_body(GOOD_ROWS), "parameters": {"binary_data_output": "yes"}}),
+        {},
+        400,
+        "parameters.binary_data_output must be true or false",
+    ),
+    (
+        "v2-output-binary-data-string",
+        "POST",
+        V2,
+        json.dumps(
+            {
+                **v2_body(GOOD_ROWS),
+                "outputs": [{"name": "predict", "parameters": {"binary_data": "false"}}],
+            }
+        ),
+        {},
+        400,
+        "outputs[0].parameters.binary_data must be true or false",
+    ),
     (
         "v2-unknown-output",
         "POST",
@@ -117,6 +182,33 @@ def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(
     error = response.json()["error"]
     assert words in error
     _assert_still_serving(iris_server.port, models)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "low", "high"),
+    [("INT8", -128, 127), ("UINT8", 0, 255), ("INT16", -32768, 32767), ("FP16", -65504, 65504)],
+)
+def test_values_at_the_edges_of_a_datatype_are_served(
+    iris_server: ServerProcess, models: Models, datatype: str, low: int, high: int
+) -> None:
+    """The range check refuses only what the type cannot hold: its own extremes are fine."""
+    rows = [[5, 3, low, 0], [6, 3, high, 2]]
+    body = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": datatype, "data": rows}]}
+    response = post_json(iris_server.port, V2, body)
+    assert response.status == 200, response.body
+    assert response.json()["outputs"][0]["data"] == models.iris.predict(np.array(rows)).tolist()
+
+
+@pytest.mark.parametrize("proba", [True, False, None])
+def test_predict_proba_takes_json_booleans_and_null(
+    iris_server: ServerProcess, models: Models, proba: bool | None
+) -> None:
+    body = {**v1_body(GOOD_ROWS), "parameters": {"predict_proba": proba}}
+    response = post_json(iris_server.port, V1, body)
+    assert response.status == 200, response.body
+    model = models.iris
+    expected = model.predict_proba(GOOD_ROWS) if proba else model.predict(GOOD_ROWS)
+    np.testing.assert_allclose(response.json()["predictions"], expected, rtol=1e-12)
 
 
 def test_malformed_http_gets_400_and_the_server_keeps_serving(
