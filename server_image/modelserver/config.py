@@ -59,6 +59,10 @@ class FetchConfig:
     max_attempts: int = 5
     backoff_seconds: float = 1.0
     timeout_seconds: float = 60.0
+    # The largest model accepted (checked on Content-Length and while streaming) and the time the
+    # whole download may take, every attempt and backoff included.
+    max_model_bytes: int = 4 * 1024**3
+    deadline_seconds: float = 900.0
     termination_log: str = DEFAULT_TERMINATION_LOG
     log_level: str = "INFO"
     # S3-compatible endpoint (MinIO, Ceph...): AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or S3_ENDPOINT.
@@ -94,6 +98,13 @@ def _non_negative_float(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
 
 
@@ -309,6 +320,20 @@ def parse_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> FetchConfig:
         defaults.timeout_seconds,
         "network timeout of one try",
     )
+    options.add(
+        "--max-model-bytes",
+        "MAX_MODEL_BYTES",
+        _positive_int,
+        defaults.max_model_bytes,
+        "largest model accepted, in bytes; a bigger one fails the download",
+    )
+    options.add(
+        "--deadline",
+        "FETCH_DEADLINE_SECONDS",
+        _positive_float,
+        defaults.deadline_seconds,
+        "longest time for the whole download, every try and wait included",
+    )
     args = parser.parse_args(list(argv))
     if not args.model_uri:
         raise ConfigError("no model: set --model-uri or MODEL_URI")
@@ -321,6 +346,8 @@ def parse_fetch(argv: Sequence[str], environ: Mapping[str, str]) -> FetchConfig:
         max_attempts=args.max_attempts,
         backoff_seconds=args.backoff,
         timeout_seconds=args.timeout,
+        max_model_bytes=args.max_model_bytes,
+        deadline_seconds=args.deadline,
         termination_log=args.termination_log,
         log_level=args.log_level,
         s3_endpoint=_s3_endpoint(environ),

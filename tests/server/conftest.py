@@ -6,6 +6,7 @@ Servers are started concurrently (importing scikit-learn takes a while) and shar
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import joblib
 import pytest
@@ -95,3 +96,11 @@ def servers(
 @pytest.fixture
 def iris_server(servers: dict[str, ServerProcess]) -> ServerProcess:
     return servers["iris"]
+
+
+@pytest.fixture
+def termination_log(tmp_path: Path) -> Path:
+    """An existing termination log file, as Kubernetes provides one in a pod."""
+    path = tmp_path / "termination-log"
+    path.touch()
+    return path

@@ -80,13 +80,6 @@ def files() -> Iterator[FileServer]:
     server.close()
 
 
-@pytest.fixture
-def termination_log(tmp_path: Path) -> Path:
-    path = tmp_path / "termination-log"
-    path.touch()
-    return path
-
-
 def _config(
     uri: str, dest: Path, termination_log: Path, *extra: str, **env: str
 ) -> config.FetchConfig:
