@@ -27,12 +27,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install the project with everything for development.
 
 .PHONY: test
-test: install manifests-check lint binaries ## The suite CI runs: generated-file freshness, lint, unit, server and integration tests.
+test: install manifests-check lint binaries kserve-client ## The suite CI runs: generated-file freshness, lint, unit, server and integration tests.
 	$(PY) -m pytest
 
 .PHONY: test-unit
-test-unit: install ## Only the tests that need no cluster.
+test-unit: install kserve-client ## Only the tests that need no cluster.
 	$(PY) -m pytest -m "not integration and not e2e"
+
+.PHONY: kserve-client
+kserve-client: install ## KServe's Python client in its own cached venv (server tests; the benchmark reuses it).
+	$(PY) -c 'import sys; from bench.server.venvs import main; sys.exit(main(["kserve"]))'
 
 .PHONY: lint
 lint: install ## ruff and mypy (strict).

@@ -118,3 +118,18 @@ def installed_versions(python: Path | str, packages: list[str]) -> dict[str, str
         return dict.fromkeys(packages, "?")
     versions: dict[str, str] = json.loads(done.stdout)
     return versions
+
+
+def main(argv: list[str]) -> int:
+    """Creates or updates the named peers' environments (`make kserve-client` prepares KServe's,
+    whose client the server tests use)."""
+    peers = peer_envs()
+    unknown = [name for name in argv if name not in peers]
+    if not argv or unknown:
+        print(f"peers: {', '.join(peers)}", file=sys.stderr)
+        return 2
+    for name in argv:
+        peer = peers[name]
+        venv = ensure(peer, cache_root() / "bench-venvs" / f"pip-{peer.dirname}.log")
+        print(f"{name}: {venv}")
+    return 0

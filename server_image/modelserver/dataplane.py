@@ -155,6 +155,10 @@ class DataPlane:
         """200 while the process runs."""
         return Reply(200, b'{"live":true}')
 
+    def root(self) -> Reply:
+        """`GET /`: liveness as KServe V1 spells it (its client reads "status"), and as V2 does."""
+        return Reply(200, b'{"status":"alive","live":true}')
+
     def ready(self) -> Reply:
         """200 once every worker has loaded the model and none is shutting down."""
         if self._is_ready():

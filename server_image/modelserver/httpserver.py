@@ -61,11 +61,12 @@ class Router:
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._static = {
-            b"/": plane.live,
+            b"/": plane.root,
             b"/v1/models": plane.models_v1,
             b"/v2/health/live": plane.live,
             b"/v2/health/ready": plane.ready,
             b"/v2": plane.server_metadata,
+            b"/v2/": plane.server_metadata,  # the OIP OpenAPI document's spelling
             b"/metrics": plane.metrics,
         }
 
