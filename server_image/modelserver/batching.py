@@ -9,11 +9,13 @@ When to flush: a lone request (the last flush held one request) is run at the ne
 concurrency 1 pays no wait. Under concurrency, the batcher waits until as many requests as in the
 last flush have arrived, or at most `max_wait` seconds after the first one, whichever is first. No
 predict call holds more than `max_batch_size` rows; a larger single request runs alone, in a thread.
+Jobs whose client has gone are dropped unrun, when a batch is formed or when their thread starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +33,13 @@ class Job(Protocol):
 
     x: np.ndarray
     method: str
+
+    @property
+    def gone(self) -> bool:
+        """Nobody waits for the result any more."""
+
+    def drop(self) -> None:
+        """Ends the job without a result (its client has gone)."""
 
     def done(self, result: np.ndarray) -> None:
         """Receives this job's rows of the output."""
@@ -56,6 +65,7 @@ class Batcher:
         max_queue_depth: int,
         observe_batch: Callable[[int, float], None] = lambda rows, seconds: None,
         observe_queue: Callable[[int], None] = lambda depth: None,
+        executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self._loop = loop
         self._runner = runner
@@ -64,6 +74,7 @@ class Batcher:
         self._max_queue_depth = max_queue_depth
         self._observe_batch = observe_batch
         self._observe_queue = observe_queue
+        self._executor = executor
         self._queue: list[Job] = []
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._waiting = False  # the scheduled flush is the bounded wait, not the next loop turn
@@ -102,6 +113,13 @@ class Batcher:
             return
         self._queue = []
         self._observe_queue(len(queue))
+        if any(job.gone for job in queue):
+            for job in queue:
+                if job.gone:
+                    job.drop()
+            queue = [job for job in queue if not job.gone]
+            if not queue:
+                return
         self._target = min(len(queue), self._max_queue_depth)
         method = queue[0].method
         if any(job.method != method for job in queue):
@@ -159,7 +177,11 @@ class Batcher:
         """A request larger than a batch may take long: it runs in a thread, so that the loop
         keeps answering health probes and smaller requests meanwhile."""
 
-        def finished(future: asyncio.Future[np.ndarray]) -> None:
+        def work() -> np.ndarray | None:
+            # Threads take jobs in turn: by now the client may have gone.
+            return None if job.gone else self._runner(method, job.x)
+
+        def finished(future: asyncio.Future[np.ndarray | None]) -> None:
             if future.cancelled():
                 job.fail(UnavailableError("the server is shutting down"))
                 return
@@ -167,10 +189,14 @@ class Batcher:
             if error is not None:
                 job.fail(_input_error(error if isinstance(error, Exception) else Exception(error)))
                 return
+            result = future.result()
+            if result is None:
+                job.drop()
+                return
             self._observe_batch(len(job.x), time.perf_counter() - started)
-            _deliver(job, future.result())
+            _deliver(job, result)
 
-        future = self._loop.run_in_executor(None, self._runner, method, job.x)
+        future = self._loop.run_in_executor(self._executor, work)
         future.add_done_callback(finished)
 
 

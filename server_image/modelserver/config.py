@@ -35,14 +35,20 @@ class ServeConfig:
     trusted_types: tuple[str, ...] = ()
     host: str = "0.0.0.0"  # noqa: S104 - a pod serves on all its interfaces.
     port: int = 8080
+    health_port: int = 8081  # 0: no listener of their own for the probes
     workers: int = 1
     max_body_bytes: int = 8 * 1024 * 1024
     max_batch_size: int = 256
     max_batch_wait_ms: float = 2.0
     max_queue_depth: int = 512
+    # Request-body bytes and rows one worker works on at once; beyond them 503 (0: derived from
+    # the container's memory limit, see default_inflight_bytes).
+    max_inflight_bytes: int = 0
+    max_inflight_rows: int = 0
     drain_delay_seconds: float = 2.0
     graceful_timeout_seconds: float = 20.0
     keepalive_timeout_seconds: float = 75.0
+    write_timeout_seconds: float = 30.0
     termination_log: str = DEFAULT_TERMINATION_LOG
     access_log: bool = False
     log_level: str = "INFO"
@@ -112,6 +118,17 @@ def _port(text: str) -> int:
     value = _integer(text)
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
+    return value
+
+
+def _port_or_zero(text: str) -> int:
+    return 0 if _integer(text) == 0 else _port(text)
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -207,6 +224,13 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
     )
     options.add("--host", "HOST", str, defaults.host, "address to listen on")
     options.add("--port", "PORT", _port, defaults.port, "port to listen on")
+    options.add(
+        "--health-port",
+        "HEALTH_PORT",
+        _port_or_zero,
+        defaults.health_port,
+        "port of the probes' own listener (/v2/health/live and /ready), 0 for none",
+    )
     options.add("--workers", "WORKERS", _positive_int, None, "server processes")
     options.add(
         "--max-body-bytes", "MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes, "413 above"
@@ -233,6 +257,20 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         "requests waiting per worker before 503",
     )
     options.add(
+        "--max-inflight-bytes",
+        "MAX_INFLIGHT_BYTES",
+        _non_negative_int,
+        0,
+        "request-body bytes one worker works on at once before 503; 0: from the memory limit",
+    )
+    options.add(
+        "--max-inflight-rows",
+        "MAX_INFLIGHT_ROWS",
+        _non_negative_int,
+        0,
+        "rows one worker works on at once before 503; 0: from the in-flight bytes",
+    )
+    options.add(
         "--drain-delay",
         "DRAIN_DELAY_SECONDS",
         _non_negative_float,
@@ -253,6 +291,13 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         defaults.keepalive_timeout_seconds,
         "idle connections are closed after this long",
     )
+    options.add(
+        "--write-timeout",
+        "WRITE_TIMEOUT_SECONDS",
+        _non_negative_float,
+        defaults.write_timeout_seconds,
+        "a connection whose client reads nothing of its answer for this long is aborted",
+    )
     options.add("--access-log", "ACCESS_LOG", _boolean, False, "log every request")
     options.add(
         "--metrics-dir",
@@ -265,6 +310,7 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
     if not args.model_uri:
         raise ConfigError("no model: set --model-uri or MODEL_URI")
     workers = args.workers if args.workers is not None else default_workers()
+    inflight_bytes = args.max_inflight_bytes or default_inflight_bytes(workers)
     return ServeConfig(
         model_uri=args.model_uri,
         model_name=args.model_name,
@@ -274,14 +320,18 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         trusted_types=args.trusted_types,
         host=args.host,
         port=args.port,
+        health_port=args.health_port,
         workers=workers,
         max_body_bytes=args.max_body_bytes,
         max_batch_size=args.max_batch_size,
         max_batch_wait_ms=args.max_batch_wait_ms,
         max_queue_depth=args.max_queue_depth,
+        max_inflight_bytes=inflight_bytes,
+        max_inflight_rows=args.max_inflight_rows or default_inflight_rows(inflight_bytes),
         drain_delay_seconds=args.drain_delay,
         graceful_timeout_seconds=args.graceful_timeout,
         keepalive_timeout_seconds=args.keepalive_timeout,
+        write_timeout_seconds=args.write_timeout,
         termination_log=args.termination_log,
         access_log=args.access_log,
         log_level=args.log_level,
@@ -398,3 +448,39 @@ def default_workers(root: Path = Path("/sys/fs/cgroup")) -> int:
     if limit is not None:
         cores = min(cores, math.ceil(limit))
     return max(1, cores)
+
+
+# Without a readable limit, assume the operator's default container limit.
+FALLBACK_MEMORY_LIMIT = 1024 * 1024 * 1024
+# Parsing a JSON body takes about ten times its size (a Python float per value) while it runs; a
+# 32nd of a worker's share of the memory limit in bodies leaves room for that, the model, numpy's
+# copies and the encoded answers.
+_INFLIGHT_SHARE = 32
+_MIN_INFLIGHT_BYTES = 1024 * 1024
+# A row costs its float64 features, its output and its encoded answer: budget 32 body bytes each.
+_BYTES_PER_ROW = 32
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The container's memory limit in bytes (cgroup v2 `memory.max`, else v1), or None."""
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        # cgroup v1 writes "no limit" as a number near 2**63.
+        if text == "max" or not text.isdigit() or int(text) >= 2**62:
+            return None
+        return int(text)
+    return None
+
+
+def default_inflight_bytes(workers: int, root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Request-body bytes one worker admits at once: its share of the memory limit / 32."""
+    limit = cgroup_memory_limit(root) or FALLBACK_MEMORY_LIMIT
+    return max(_MIN_INFLIGHT_BYTES, limit // max(1, workers) // _INFLIGHT_SHARE)
+
+
+def default_inflight_rows(inflight_bytes: int) -> int:
+    """Rows one worker admits at once, for requests whose bodies are compact (binary tensors)."""
+    return max(1024, inflight_bytes // _BYTES_PER_ROW)

@@ -3,20 +3,33 @@
 The HTTP layer parses requests and calls one method here per route; every method answers through a
 `Respond` callback with a `Reply` (status, body, content type, extra headers), at once for errors
 and metadata, or after the batcher ran the model for inference.
+
+Inference requests are checked completely before they join a batch (so that one bad request cannot
+fail its neighbours' predict call), counted against the worker's rows in flight, and dropped unrun
+when their client has gone. Large bodies are decoded in a thread, so that the loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from modelserver import __version__, batching, codec, runtime, v1, v2
-from modelserver.errors import BadRequestError, NotFoundError, RequestError, UnavailableError
+from modelserver.admission import Admission
+from modelserver.errors import (
+    BadRequestError,
+    InternalError,
+    NotFoundError,
+    RequestError,
+    UnavailableError,
+)
 from modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.metrics import Metrics
 
@@ -38,6 +51,21 @@ class Reply(NamedTuple):
 Respond = Callable[[Reply], None]
 
 
+class Client(Protocol):
+    """Who waits for an inference answer: the HTTP layer's exchange."""
+
+    @property
+    def gone(self) -> bool:
+        """The client closed its connection: nobody reads the answer any more."""
+
+    def respond(self, reply: Reply) -> None:
+        """Sends the answer."""
+
+
+# Bodies at least this large are decoded in a thread: decoding 8 MiB of JSON takes over a second.
+DECODE_INLINE_BYTES = 256 * 1024
+
+
 def error_reply(error: RequestError) -> Reply:
     """The JSON error `{"error": "..."}` with the error's status (and Retry-After on 503)."""
     headers = b"" if error.retry_after is None else b"retry-after: %d\r\n" % error.retry_after
@@ -45,25 +73,38 @@ def error_reply(error: RequestError) -> Reply:
 
 
 class _Call:
-    """One inference request waiting in the batcher; implements batching.Job."""
+    """One inference request from decoding to its answer; implements batching.Job."""
 
-    __slots__ = ("method", "plane", "respond", "started", "x")
+    __slots__ = ("client", "method", "plane", "rows", "started", "x")
     protocol = "v1"
 
     def __init__(
-        self, plane: DataPlane, x: np.ndarray, method: str, respond: Respond, started: float
+        self, plane: DataPlane, x: np.ndarray, method: str, client: Client, started: float
     ) -> None:
         self.plane = plane
         self.x = x
         self.method = method
-        self.respond = respond
+        self.client = client
         self.started = started
+        self.rows = 0  # rows counted in flight, given back when the call ends
+
+    @property
+    def gone(self) -> bool:
+        return self.client.gone
 
     def done(self, result: np.ndarray) -> None:
-        self.plane.finish(self.protocol, self.started, Reply(200, v1.encode(result)), self.respond)
+        self.end(Reply(200, v1.encode(result)))
 
     def fail(self, error: RequestError) -> None:
-        self.plane.finish(self.protocol, self.started, error_reply(error), self.respond)
+        self.end(error_reply(error))
+
+    def drop(self) -> None:
+        """Ends the call unanswered: its client has gone."""
+        self.plane.release(self)
+
+    def end(self, reply: Reply) -> None:
+        self.plane.release(self)
+        self.plane.finish(self.protocol, self.started, reply, self.client.respond)
 
 
 class _V2Call(_Call):
@@ -71,9 +112,9 @@ class _V2Call(_Call):
     protocol = "v2"
 
     def __init__(
-        self, plane: DataPlane, request: v2.Request, respond: Respond, started: float
+        self, plane: DataPlane, request: v2.Request, client: Client, started: float
     ) -> None:
-        super().__init__(plane, request.x, request.method, respond, started)
+        super().__init__(plane, request.x, request.method, client, started)
         self.request = request
 
     def done(self, result: np.ndarray) -> None:
@@ -88,7 +129,11 @@ class _V2Call(_Call):
                 OCTET_STREAM,
                 b"inference-header-content-length: %d\r\n" % header_length,
             )
-        plane.finish(self.protocol, self.started, reply, self.respond)
+        self.end(reply)
+
+
+# Decodes a request body into a call (run on the loop or in a thread).
+_Decode = Callable[[], _Call]
 
 
 class DataPlane:
@@ -105,12 +150,18 @@ class DataPlane:
         max_batch_wait_seconds: float,
         max_queue_depth: int,
         is_ready: Callable[[], bool],
+        admission: Admission,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self._loop = loop
         self._metrics = metrics
         self._is_ready = is_ready
+        self.admission = admission
+        # Decoding large bodies and predicting on more rows than a batch: two threads at most, so
+        # that such work waits its turn instead of piling up (admission bounds what waits).
+        self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="work")
+        self._finite_only = False  # the model refuses NaN and infinity (learnt when loaded)
         self._batch_settings = (max_batch_size, max_batch_wait_seconds, max_queue_depth)
         self._runtime: runtime.SklearnRuntime | None = None
         self._batcher: batching.Batcher | None = None
@@ -142,7 +193,9 @@ class DataPlane:
             max_queue_depth=max_queue_depth,
             observe_batch=self._metrics.observe_batch,
             observe_queue=self._metrics.observe_queue,
+            executor=self._executor,
         )
+        self._finite_only = _refuses_nan(model)
         self._n_features = model.info.n_features
         self._v2_metadata = codec.dumps(_v2_metadata(self.model_name, self.model_version, model))
         self._v1_ready = codec.dumps({"name": self.model_name, "ready": True})
@@ -198,29 +251,98 @@ class DataPlane:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def predict_v1(self, name: str, body: bytes, respond: Respond) -> None:
+    def predict_v1(self, name: str, body: bytes, client: Client) -> None:
         """KServe V1 `:predict`."""
         started = time.perf_counter()
-        try:
-            self._check_name(name)
-            batcher = self._serving_batcher(name)
-            x, method = v1.decode(body, self._n_features)
-            self._check_method(method)
-            batcher.submit(_Call(self, x, method, respond, started))
-        except RequestError as error:
-            self.finish("v1", started, error_reply(error), respond)
 
-    def infer_v2(self, name: str, body: bytes, header_length: int | None, respond: Respond) -> None:
+        def decode() -> _Call:
+            x, method = v1.decode(body, self._n_features)
+            return _Call(self, x, method, client, started)
+
+        self._infer("v1", name, len(body), decode, client=client, started=started)
+
+    def infer_v2(self, name: str, body: bytes, header_length: int | None, client: Client) -> None:
         """OIP V2 `/infer`."""
         started = time.perf_counter()
+
+        def decode() -> _Call:
+            request = v2.decode(body, header_length, self._n_features)
+            return _V2Call(self, request, client, started)
+
+        self._infer("v2", name, len(body), decode, client=client, started=started)
+
+    def _infer(
+        self,
+        protocol: str,
+        name: str,
+        size: int,
+        decode: _Decode,
+        *,
+        client: Client,
+        started: float,
+    ) -> None:
+        """Decodes (in a thread when large), checks and queues one inference request."""
         try:
             self._check_name(name)
             batcher = self._serving_batcher(name)
-            request = v2.decode(body, header_length, self._n_features)
-            self._check_method(request.method)
-            batcher.submit(_V2Call(self, request, respond, started))
+            if size < DECODE_INLINE_BYTES:
+                self._submit(batcher, decode())
+                return
         except RequestError as error:
-            self.finish("v2", started, error_reply(error), respond)
+            self.finish(protocol, started, error_reply(error), client.respond)
+            return
+
+        def decode_unless_gone() -> _Call | None:
+            # Threads take bodies in turn: by now the client may have gone.
+            return None if client.gone else decode()
+
+        future = self._loop.run_in_executor(self._executor, decode_unless_gone)
+        future.add_done_callback(
+            functools.partial(self._decoded, protocol, batcher, client, started)
+        )
+
+    def _decoded(
+        self,
+        protocol: str,
+        batcher: batching.Batcher,
+        client: Client,
+        started: float,
+        future: asyncio.Future[_Call | None],
+    ) -> None:
+        if client.gone or future.cancelled():
+            return
+        try:
+            call = future.result()
+            if call is not None:
+                self._submit(batcher, call)
+        except RequestError as error:
+            self.finish(protocol, started, error_reply(error), client.respond)
+        except Exception:
+            log.exception("decoding a request failed")
+            reply = error_reply(InternalError("internal server error"))
+            self.finish(protocol, started, reply, client.respond)
+
+    def _submit(self, batcher: batching.Batcher, call: _Call) -> None:
+        """Checks a decoded call completely, counts its rows in and queues it."""
+        self._check_method(call.method)
+        if self._finite_only and not np.isfinite(call.x).all():
+            raise BadRequestError(
+                "the model rejected the input: it holds NaN or infinity, and this model "
+                "takes finite numbers only"
+            )
+        rows = len(call.x)
+        self.admission.rows.take(rows)
+        call.rows = rows
+        try:
+            batcher.submit(call)
+        except RequestError:
+            self.release(call)
+            raise
+
+    def release(self, call: _Call) -> None:
+        """Gives a call's rows back (once)."""
+        self.admission.rows.give(call.rows)
+        call.rows = 0
 
     def finish(self, protocol: str, started: float, reply: Reply, respond: Respond) -> None:
         """Counts an inference answer and hands it to the HTTP layer."""
@@ -243,6 +365,20 @@ class DataPlane:
                 f"{method} is not available: {model.info.model_class} only has "
                 f"{' and '.join(model.info.methods)}"
             )
+
+
+def _refuses_nan(model: runtime.SklearnRuntime) -> bool:
+    """Whether the model rejects NaN input: then such requests are refused before batching."""
+    features = model.info.n_features
+    if features is None:
+        return False
+    try:
+        model.run(runtime.PREDICT, np.full((1, features), np.nan))
+    except ValueError:
+        return True
+    except Exception:  # any other failure says nothing about NaN
+        return False
+    return False
 
 
 def _v2_metadata(

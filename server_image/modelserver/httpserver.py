@@ -4,6 +4,11 @@ A general web framework costs more per request than the model call it wraps once
 batched, so this layer is kept to what the server needs: keep-alive, pipelining in order, body and
 header limits, `Expect: 100-continue`, X-Request-ID, idle timeouts and draining. Routing to the data
 plane is a few byte-string comparisons (`Router`); everything about models lives in the data plane.
+
+Hostile clients are bounded here: the request line and headers are counted while they arrive (431
+past 64 KiB, nothing accumulated); a body is admitted against the worker's bytes in flight before
+it is read (503 beyond); a connection whose answers are not read stops being read, and is aborted
+when its client reads nothing for the write timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import urllib.parse
 
 import httptools
 
-from modelserver.dataplane import DataPlane, Reply, Respond, error_reply
+from modelserver.admission import Admission
+from modelserver.dataplane import Client, DataPlane, Reply, error_reply
 from modelserver.errors import (
     BadRequestError,
     HeadersTooLargeError,
@@ -28,6 +34,7 @@ from modelserver.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,8 @@ _MAX_REQUEST_ID = 200
 _PIPELINE_LIMIT = 16  # responses owed on one connection before it stops reading
 _MAX_DISCARD_BYTES = 64 * 1024 * 1024  # a refused body larger than this is cut off
 _REQUEST_TIMEOUT = 30.0  # a request whose headers and body take longer is dropped (slow clients)
+_LINGER_SECONDS = 2.0  # after refusing a request mid-stream, input is read and dropped this long
+_DRAIN_IDLE_SECONDS = 1.0  # when draining, a connection idle this long is closed
 
 
 class Router:
@@ -76,9 +85,9 @@ class Router:
         path: bytes,
         body: bytes,
         header_length: int | None,
-        respond: Respond,
+        client: Client,
     ) -> None:
-        """Calls the data plane for one request; it answers through `respond`."""
+        """Calls the data plane for one request; it answers through `client.respond`."""
         plane = self._plane
         try:
             if b"%" in path:
@@ -86,16 +95,16 @@ class Router:
             if method == b"POST":
                 if path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
                     name = self._v2_model(path[11:-6])
-                    plane.infer_v2(name, body, header_length, respond)
+                    plane.infer_v2(name, body, header_length, client)
                     return
                 if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
-                    plane.predict_v1(_text(path[11:-8]), body, respond)
+                    plane.predict_v1(_text(path[11:-8]), body, client)
                     return
-                respond(self._get(path, method))
+                client.respond(self._get(path, method))
                 return
-            respond(self._get(path, method))
+            client.respond(self._get(path, method))
         except RequestError as error:
-            respond(error_reply(error))
+            client.respond(error_reply(error))
 
     def _get(self, path: bytes, method: bytes) -> Reply:
         plane = self._plane
@@ -151,13 +160,17 @@ class HttpServer:
         *,
         max_body_bytes: int,
         keepalive_timeout: float,
+        write_timeout: float,
         log_requests: bool,
+        admission: Admission,
     ) -> None:
         self.loop = loop
         self.router = router
         self.max_body_bytes = max_body_bytes
         self.keepalive_timeout = keepalive_timeout
+        self.write_timeout = write_timeout
         self.log_requests = log_requests
+        self.admission = admission
         self.connections: set[Connection] = set()
         self.draining = False
         self.date = b""
@@ -176,18 +189,17 @@ class HttpServer:
         return b"%s-%x" % (self._id_prefix, self._id_counter)
 
     def _tick(self) -> None:
-        """Once a second: refresh the Date header and close connections idle for too long."""
+        """Once a second: refresh the Date header and close connections idle or stuck too long."""
         self.date = email.utils.formatdate(usegmt=True).encode()
         now = time.monotonic()
         for connection in list(self.connections):
             connection.close_if_stale(now)
         self._timer = self.loop.call_later(1.0, self._tick)
 
-    def shutdown(self) -> None:
-        """Stops keep-alive: idle connections close now, busy ones after their responses."""
+    def start_draining(self) -> None:
+        """Stops keep-alive: every answer from now on says `Connection: close`, and connections
+        close after it. Requests arriving on open connections are still served."""
         self.draining = True
-        for connection in list(self.connections):
-            connection.close_when_idle()
 
     async def wait_closed(self, timeout: float) -> bool:
         """Waits until every connection closed; True if they did within `timeout` seconds."""
@@ -205,7 +217,17 @@ class HttpServer:
 class _Exchange:
     """One request on a connection and, once ready, its encoded response."""
 
-    __slots__ = ("connection", "data", "keep_alive", "method", "path", "request_id", "started")
+    __slots__ = (
+        "connection",
+        "data",
+        "gone",
+        "held",
+        "keep_alive",
+        "method",
+        "path",
+        "request_id",
+        "started",
+    )
 
     def __init__(
         self,
@@ -222,10 +244,21 @@ class _Exchange:
         self.path = path
         self.started = time.perf_counter()
         self.data: bytes | None = None
+        self.gone = False  # the connection was lost: nobody reads the answer (dataplane.Client)
+        self.held = 0  # body bytes counted in flight, given back with the answer
+
+    def release(self) -> None:
+        """Gives the body bytes back to the worker's admission (once)."""
+        if self.held:
+            self.connection.server.admission.bytes.give(self.held)
+            self.held = 0
 
     def respond(self, reply: Reply) -> None:
+        self.release()
         connection = self.connection
         server = connection.server
+        if self.gone:
+            return
         if server.draining:
             self.keep_alive = False
         self.data = (
@@ -275,6 +308,9 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._header_bytes = 0
+        self._in_head = True  # between messages or in a request line and headers
+        self._head_bytes = 0  # bytes received while in the head, counted before parsing
+        self._held = 0  # body bytes of the message being read, counted in the worker's admission
         self._request_id: bytes | None = None
         self._inference_header: bytes | None = None
         self._expect_continue = False
@@ -282,6 +318,8 @@ class Connection(asyncio.Protocol):
         self._discarding = False
         self._in_message = False
         self._last_active = time.monotonic()
+        self._write_stalled_since: float | None = None  # answers waiting, none read since
+        self._write_buffered = 0
         self._message_started = 0.0
         self._paused = False
         self._write_paused = False
@@ -301,7 +339,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self._exchanges.clear()
+        self._forget_exchanges()
+        self._release_body()
         self._closing = True
 
     def data_received(self, data: bytes) -> None:
@@ -312,6 +351,9 @@ class Connection(asyncio.Protocol):
             data = self._take_upgrade_body(data, self._upgrade_wanted)
             if not data:
                 return
+        if self._in_head:
+            # Counted before parsing: the parser holds an unfinished header in memory.
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -321,8 +363,12 @@ class Connection(asyncio.Protocol):
             self._parser = httptools.HttpRequestParser(self)
             self.data_received(data[upgrade.args[0] :])
         except httptools.HttpParserError as error:
-            self._broken = True
             self._reject_and_close(BadRequestError(f"malformed HTTP request: {error}"))
+            return
+        if self._in_head and self._head_bytes > _MAX_HEADER_BYTES:
+            self._reject_and_close(
+                HeadersTooLargeError(f"request line and headers exceed {_MAX_HEADER_BYTES} bytes")
+            )
 
     def _take_upgrade_body(self, data: bytes, wanted: tuple[int, bytes, bytes, bool]) -> bytes:
         """Collects the body of an upgrade request; returns the bytes that follow it."""
@@ -381,14 +427,16 @@ class Connection(asyncio.Protocol):
             self._expect_continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
         if self._header_bytes > _MAX_HEADER_BYTES:
             self._rejected = HeadersTooLargeError(
                 f"request line and headers exceed {_MAX_HEADER_BYTES} bytes"
             )
+        if self._rejected is None and self._content_length:
+            self._hold(self._content_length)
         if self._rejected is not None:
-            # Answer now and drop the body; the connection closes after the answer.
-            self._discarding = True
-            self._queue_reply(error_reply(self._rejected), keep_alive=False)
+            self._refuse_body(self._rejected)
         elif self._expect_continue and self._transport is not None:
             self._transport.write(_CONTINUE)
 
@@ -399,21 +447,41 @@ class Connection(asyncio.Protocol):
                 self._transport.close()
             return
         if self._body_size > self._max_body:
-            self._discarding = True
-            self._body = []
-            self._queue_reply(
-                error_reply(
-                    PayloadTooLargeError(
-                        f"request body exceeds the limit of {self._max_body} bytes"
-                    )
-                ),
-                keep_alive=False,
+            self._refuse_body(
+                PayloadTooLargeError(f"request body exceeds the limit of {self._max_body} bytes")
             )
             return
+        if self._content_length is None:  # chunked: admitted as it arrives
+            self._hold(len(body))
+            if self._rejected is not None:
+                self._refuse_body(self._rejected)
+                return
         self._body.append(body)
+
+    def _hold(self, size: int) -> None:
+        """Counts body bytes into the worker's admission, or marks the request refused (503)."""
+        try:
+            self.server.admission.bytes.take(size)
+        except UnavailableError as error:
+            self._rejected = error
+            return
+        self._held += size
+
+    def _release_body(self) -> None:
+        if self._held:
+            self.server.admission.bytes.give(self._held)
+            self._held = 0
+
+    def _refuse_body(self, error: RequestError) -> None:
+        """Answers now and drops the body; the connection closes after the answer."""
+        self._discarding = True
+        self._body = []
+        self._release_body()
+        self._queue_reply(error_reply(error), keep_alive=False)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._in_head = True
         if self._discarding:
             if self._transport is not None and not self._exchanges:
                 self._transport.close()
@@ -434,6 +502,8 @@ class Connection(asyncio.Protocol):
 
     def _dispatch(self, method: bytes, path: bytes, body: bytes, keep_alive: bool) -> None:
         exchange = _Exchange(self, self._checked_request_id(), keep_alive, method, path)
+        exchange.held = self._held
+        self._held = 0
         self._exchanges.append(exchange)
         if len(self._exchanges) >= _PIPELINE_LIMIT:
             self._update_reading()
@@ -446,7 +516,7 @@ class Connection(asyncio.Protocol):
                 return
             header_length = int(self._inference_header)
         try:
-            self._router.dispatch(method, path, body, header_length, exchange.respond)
+            self._router.dispatch(method, path, body, header_length, exchange)
         except Exception:
             # A bug must cost one request, not the connection: answer 500 and go on.
             log.exception("request failed", extra={"request_id": _text(exchange.request_id)})
@@ -464,12 +534,16 @@ class Connection(asyncio.Protocol):
         while exchanges and exchanges[0].data is not None:
             exchange = exchanges.popleft()
             if transport.is_closing():
-                exchanges.clear()
+                self._forget_exchanges()
                 return
             transport.write(exchange.data)  # type: ignore[arg-type]
+            self._last_active = time.monotonic()
             if not exchange.keep_alive:
                 self._closing = True
-                exchanges.clear()
+                self._forget_exchanges()
+                if self._broken:
+                    self._linger(transport)
+                    return
                 if self._discarding and self._in_message:
                     # A refused body is still arriving: closing now could reset the connection
                     # before the client reads the answer, so read and drop the rest first.
@@ -478,8 +552,22 @@ class Connection(asyncio.Protocol):
                 return
         if self._paused and len(exchanges) < _PIPELINE_LIMIT:
             self._update_reading()
-        if self.server.draining and not exchanges and not self._in_message:
-            transport.close()
+
+    def _forget_exchanges(self) -> None:
+        """Requests whose answers can no longer be sent: their work is dropped, their bytes
+        given back."""
+        for exchange in self._exchanges:
+            exchange.gone = True
+            exchange.release()
+        self._exchanges.clear()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """After refusing a request mid-stream: the answer goes out with our end closed, and what
+        the client still sends is dropped (closing at once could reset the connection before the
+        client read the answer) until it closes or the linger time is over."""
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.server.loop.call_later(_LINGER_SECONDS, transport.abort)
 
     def _queue_reply(self, reply: Reply, *, keep_alive: bool) -> None:
         request_id = self._checked_request_id()
@@ -488,7 +576,10 @@ class Connection(asyncio.Protocol):
         exchange.respond(reply)
 
     def _reject_and_close(self, error: RequestError) -> None:
+        """Answers `error` and reads nothing more from this connection."""
+        self._broken = True
         self._in_message = False
+        self._release_body()
         self._queue_reply(error_reply(error), keep_alive=False)
 
     def _checked_request_id(self) -> bytes:
@@ -511,21 +602,39 @@ class Connection(asyncio.Protocol):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def close_when_idle(self) -> None:
-        """Closes now if no request is in progress, else after the last owed response."""
-        self._closing = True
-        if self._transport is not None and not self._exchanges and not self._in_message:
-            self._transport.close()
-
     def close_if_stale(self, now: float) -> None:
-        """Closes a connection idle past the keep-alive timeout or stuck in a slow request."""
-        if self._transport is None or self._exchanges:
+        """Aborts a connection whose client reads nothing of its answers for the write timeout;
+        closes one idle past the keep-alive timeout (or a second, when draining) or stuck in a
+        slow request."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._write_stalled(transport, now):
+            log.warning("aborting a connection whose client reads nothing of its answers")
+            transport.abort()
+            return
+        if self._exchanges:
             return
         if self._in_message:
             if now - self._message_started > _REQUEST_TIMEOUT:
-                self._transport.close()
-        elif now - self._last_active > self.server.keepalive_timeout:
-            self._transport.close()
+                transport.close()
+            return
+        server = self.server
+        idle_limit = _DRAIN_IDLE_SECONDS if server.draining else server.keepalive_timeout
+        if now - self._last_active > idle_limit:
+            transport.close()
+
+    def _write_stalled(self, transport: asyncio.Transport, now: float) -> bool:
+        """Whether answers have waited in the output buffer, none of it read, too long."""
+        buffered = transport.get_write_buffer_size()
+        if not buffered:
+            self._write_stalled_since = None
+            return False
+        if self._write_stalled_since is None or buffered < self._write_buffered:
+            self._write_stalled_since = now  # new output, or the client read some
+        self._write_buffered = buffered
+        timeout = self.server.write_timeout
+        return timeout > 0 and now - self._write_stalled_since > timeout
 
     def abort(self) -> None:
         """Drops the connection at once (grace period over)."""

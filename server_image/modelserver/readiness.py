@@ -1,8 +1,10 @@
 """Readiness shared by all worker processes of one server.
 
-A probe reaches one worker at random, so each worker answers for the whole server: ready only when
-every worker has loaded the model and the server is not shutting down. The flags live in anonymous
-shared memory created before the workers are forked, one byte per worker plus one for draining.
+A probe reaches one worker at random (or the supervisor's own health listener), so each answers for
+the whole server: ready when at least one worker serves the model and the server is not shutting
+down. A worker restarting after a crash must not take the pod out of the Service while the others
+serve. The flags live in anonymous shared memory created before the workers are forked, one byte
+per worker plus one for draining.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ class Readiness:
 
     def __init__(self, workers: int) -> None:
         self._flags = mmap.mmap(-1, workers + 1)
-        self._all_loaded = b"\x01" * workers
+        self._none_loaded = b"\x00" * workers
         self._workers = workers
 
     @property
     def ready(self) -> bool:
-        """Every worker loaded and no shutdown begun."""
+        """At least one worker loaded and no shutdown begun."""
         flags = self._flags
-        return flags[0] == 0 and flags[1 : self._workers + 1] == self._all_loaded
+        return flags[0] == 0 and flags[1 : self._workers + 1] != self._none_loaded
 
     @property
     def draining(self) -> bool:

@@ -1,9 +1,11 @@
-"""The serving parent: prepares shared state, forks workers, restarts crashed ones, relays SIGTERM.
+"""The serving parent: prepares shared state, forks workers, restarts crashed ones, relays SIGTERM,
+and answers the probes on their own port (see probes.py), whatever load the workers carry.
 
-The parent imports the worker code (numpy, scikit-learn) once before forking, so that workers start
-fast and share those pages. Forking is only safe while no native threads exist, so BLAS and OpenMP
-pools are limited to one thread first (one thread per worker is also what suits workers sharing the
-cores). With one worker there is no parent at all: the worker runs in the main process.
+With several workers the parent imports the worker code (numpy, scikit-learn) once before forking,
+so that workers start fast and share those pages. Forking is only safe while no native threads
+exist, so BLAS and OpenMP pools are limited to one thread first (one thread per worker is also what
+suits workers sharing the cores). A single worker imports that code itself, after the fork, and
+keeps the libraries' own thread pools.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from modelserver import termination
 from modelserver.config import ServeConfig
+from modelserver.probes import HealthListener
 from modelserver.readiness import Readiness
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ _HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _THREAD_POOL_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _MAX_RESTARTS = 5  # within _RESTART_WINDOW seconds; more means the worker cannot run at all
 _RESTART_WINDOW = 60.0
+_POLL_SECONDS = 0.05  # how often signals are looked at while the health listener waits for probes
+# After the workers' own drain delay and graceful timeout, how long before they are killed.
+KILL_MARGIN_SECONDS = 5.0
 # Worker exit codes that mean "this can never work": stop instead of restarting.
 _FATAL_EXIT_CODES = {
     termination.EXIT_LOAD_FAILED: "the model could not be loaded",
@@ -63,16 +69,29 @@ def serve(config: ServeConfig) -> int:
     if config.workers > 1:
         for name in _THREAD_POOL_ENV:
             os.environ.setdefault(name, "1")
+        _import_worker(config)
+    try:
+        return _Supervisor(config, metrics_dir, _run_worker).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _import_worker(config: ServeConfig) -> WorkerMain:
+    """The worker code, imported with what loading the model format needs."""
     from modelserver import loader, worker  # noqa: PLC0415 - after the environment is set, see above.
 
     loader.prepare(config.model_format)
+    return worker.run
 
-    try:
-        if config.workers == 1:
-            return worker.run(config, 0, Readiness(1))
-        return _Supervisor(config, metrics_dir, worker.run).run()
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+def _run_worker(config: ServeConfig, index: int, readiness: Readiness) -> int:
+    return _import_worker(config)(config, index, readiness)
+
+
+def shutdown_budget(config: ServeConfig) -> float:
+    """Longest time from SIGTERM to exit: the drain delay, the graceful timeout of the requests in
+    flight, then the margin after which workers still running are killed."""
+    return config.drain_delay_seconds + config.graceful_timeout_seconds + KILL_MARGIN_SECONDS
 
 
 def _port_in_use(host: str, port: int) -> str | None:
@@ -107,19 +126,39 @@ class _Supervisor:
         self._restarts: list[float] = []
         self._stopping = False
         self._exit_code = 0
+        self._health: HealthListener | None = None
 
     def run(self) -> int:
-        reason = _port_in_use(self._config.host, self._config.port)
+        config = self._config
+        reason = _port_in_use(config.host, config.port)
+        if reason is None and config.health_port:
+            try:
+                self._health = HealthListener(config.host, config.health_port, self._readiness)
+            except OSError as error:
+                reason = f"cannot listen on {config.host}:{config.health_port} (health port): " + (
+                    error.strerror or str(error)
+                )
         if reason is not None:
             log.error(reason)
-            termination.write_reason(reason, self._config.termination_log)
+            termination.write_reason(reason, config.termination_log)
             return 1
+        try:
+            return self._supervise()
+        finally:
+            if self._health is not None:
+                self._health.close()
+
+    def _supervise(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         for index in range(self._config.workers):
             self._spawn(index)
         deadline = float("inf")
         while self._children:
-            received = signal.sigtimedwait(_HANDLED, 0.5)
+            if self._health is None:
+                received = signal.sigtimedwait(_HANDLED, 0.5)
+            else:
+                self._health.serve(_POLL_SECONDS)
+                received = signal.sigtimedwait(_HANDLED, 0)
             if received is not None and received.si_signo in (signal.SIGTERM, signal.SIGINT):
                 if not self._stopping:
                     deadline = time.monotonic() + self._grace()
@@ -133,7 +172,7 @@ class _Supervisor:
         return self._exit_code
 
     def _grace(self) -> float:
-        return self._config.drain_delay_seconds + self._config.graceful_timeout_seconds + 5.0
+        return shutdown_budget(self._config)
 
     def _spawn(self, index: int) -> None:
         self._readiness.mark_unloaded(index)
@@ -141,6 +180,8 @@ class _Supervisor:
         if pid == 0:
             code = 1
             try:
+                if self._health is not None:
+                    self._health.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
                 code = self._run_worker(self._config, index, self._readiness)
             except BaseException:

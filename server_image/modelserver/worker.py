@@ -2,12 +2,17 @@
 
 Every worker opens its own listening socket with SO_REUSEPORT, so the kernel spreads connections
 over the workers without a proxy process. The model is loaded in a thread so that liveness and
-readiness (503) answer during a long load.
+readiness (503) answer during a long load (the probes' own port, in the supervisor, answers too).
+
+On SIGTERM readiness turns 503 and every answer says `Connection: close`; requests arriving on
+open connections are still served. After the drain delay the listener closes, and the worker exits
+once its connections have closed (idle ones after a second) or the graceful timeout has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import signal
@@ -18,6 +23,7 @@ from collections.abc import Callable
 import threadpoolctl  # type: ignore[import-untyped]
 
 from modelserver import loader, termination
+from modelserver.admission import Admission
 from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
 from modelserver.errors import ModelLoadError
@@ -53,6 +59,7 @@ def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
     """Runs one worker until it has drained; returns the process exit code."""
     # Models fitted on DataFrames warn on every array input; the server always sends arrays.
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    _tune_allocator()
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, the standard loop works too.
     except ImportError:
@@ -60,11 +67,34 @@ def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
     return uvloop.run(_serve(config, index, readiness))
 
 
+# glibc mallopt parameters
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+_MMAP_THRESHOLD = 1024 * 1024
+
+
+def _tune_allocator() -> None:
+    """Lets memory of large requests go back to the system once they are answered.
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB),
+    so after one big request the buffers of the next ones come from the heap and stay there; and
+    each thread gets an arena of its own that keeps what it freed. A fixed threshold and two
+    arenas keep the resident memory near what is in use (measured: 41 -> 18 MiB held per client
+    that does not read an 8 MiB request's answer). Nothing happens without glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    mallopt(_M_ARENA_MAX, 2)
+
+
 def _build(
     config: ServeConfig, loop: asyncio.AbstractEventLoop, readiness: Readiness
 ) -> tuple[Metrics, DataPlane, HttpServer]:
     """The worker's parts, each knowing only the ones below it: HTTP -> data plane -> metrics."""
     metrics = Metrics(config.model_name)
+    admission = Admission(config.max_inflight_bytes, config.max_inflight_rows)
     plane = DataPlane(
         loop,
         metrics,
@@ -74,13 +104,16 @@ def _build(
         max_batch_wait_seconds=config.max_batch_wait_ms / 1000,
         max_queue_depth=config.max_queue_depth,
         is_ready=lambda: readiness.ready,
+        admission=admission,
     )
     http = HttpServer(
         loop,
         Router(plane),
         max_body_bytes=config.max_body_bytes,
         keepalive_timeout=config.keepalive_timeout_seconds,
+        write_timeout=config.write_timeout_seconds,
         log_requests=config.access_log,
+        admission=admission,
     )
     return metrics, plane, http
 
@@ -104,6 +137,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     def request_stop(delay: float) -> None:
         nonlocal drain_delay
         readiness.start_draining()
+        http.start_draining()
         drain_delay = min(drain_delay, delay)
         stop.set()
 
@@ -142,7 +176,6 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     if drain_delay > 0:
         await asyncio.sleep(drain_delay)
     server.close()
-    http.shutdown()
     clean = await http.wait_closed(config.graceful_timeout_seconds)
     flushing.cancel()
     metrics.flush()

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -136,6 +137,7 @@ class ServerProcess:
         self.model = model
         self.name = name
         self.port = free_port()
+        self.health_port = free_port()
         self.termination_log = tmp / f"termination-{self.port}.log"
         self.termination_log.touch()
         self.log_path = tmp / f"server-{self.port}.log"
@@ -163,7 +165,12 @@ class ServerProcess:
             str(tmp / "metrics"),
             *args,
         ]
-        self.env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(TESTS),
+            "HEALTH_PORT": str(self.health_port),
+            **(env or {}),
+        }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
@@ -230,6 +237,23 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def batch_counts(port: int) -> tuple[float, float, float]:
+    """Predict calls, rows over all calls, and calls with a single row, from /metrics (after the
+    half second in which every worker publishes its counts)."""
+    time.sleep(0.6)
+    text = request(port, "GET", "/metrics").body.decode()
+
+    def value(pattern: str) -> float:
+        match = re.search(pattern, text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    return (
+        value(r"^modelserver_batch_size_count\{[^}]*\} (\S+)$"),
+        value(r"^modelserver_batch_size_sum\{[^}]*\} (\S+)$"),
+        value(r'^modelserver_batch_size_bucket\{le="1.0"[^}]*\} (\S+)$'),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

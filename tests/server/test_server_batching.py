@@ -11,24 +11,16 @@ import time
 
 import numpy as np
 
-from .support import IRIS_X, Models, ServerProcess, post_json, request, v1_body, v2_body
-
-
-def _batch_counts(port: int) -> tuple[float, float, float]:
-    """Predict calls, rows over all calls, and calls with a single row, from /metrics (after the
-    half second in which every worker publishes its counts)."""
-    time.sleep(0.6)
-    text = request(port, "GET", "/metrics").body.decode()
-
-    def value(pattern: str) -> float:
-        match = re.search(pattern, text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
-
-    return (
-        value(r"^modelserver_batch_size_count\{[^}]*\} (\S+)$"),
-        value(r"^modelserver_batch_size_sum\{[^}]*\} (\S+)$"),
-        value(r'^modelserver_batch_size_bucket\{le="1.0"[^}]*\} (\S+)$'),
-    )
+from .support import (
+    IRIS_X,
+    Models,
+    ServerProcess,
+    batch_counts,
+    post_json,
+    request,
+    v1_body,
+    v2_body,
+)
 
 
 def test_concurrent_requests_are_batched_and_split_back_exactly(
@@ -37,7 +29,7 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(
     """24 clients send requests of 1-3 random rows through V1 and V2, for classes or probabilities;
     the model sleeps 10 ms per call, so requests pile up and must share calls."""
     port = servers["batching"].port
-    calls_before, rows_before, _ = _batch_counts(port)
+    calls_before, rows_before, _ = batch_counts(port)
     model = models.slow
 
     def client(seed: int) -> list[str]:
@@ -69,7 +61,7 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         problems = [p for found in pool.map(client, range(24)) for p in found]
     assert problems == []
-    calls_after, rows_after, _ = _batch_counts(port)
+    calls_after, rows_after, _ = batch_counts(port)
     calls = calls_after - calls_before
     rows = rows_after - rows_before
     assert 24 * 8 <= rows <= 24 * 8 * 3
@@ -82,7 +74,7 @@ def test_a_lone_request_does_not_wait_for_a_batch(
 ) -> None:
     """The batching server may wait up to 100 ms to fill a batch; sequential requests never do."""
     port = servers["batching"].port
-    calls_before, _, singles_before = _batch_counts(port)
+    calls_before, _, singles_before = batch_counts(port)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         # A first request resets the expectation left by earlier concurrent tests.
@@ -98,7 +90,7 @@ def test_a_lone_request_does_not_wait_for_a_batch(
             assert answer == {"predictions": models.slow.predict(row).tolist()}
     finally:
         connection.close()
-    calls_after, _, singles_after = _batch_counts(port)
+    calls_after, _, singles_after = batch_counts(port)
     assert calls_after - calls_before == 21
     assert singles_after - singles_before == 21
     # 10 ms of model time each; a batching wait would add 100 ms to each.
