@@ -88,9 +88,11 @@ def launch_ours(python: str, model: BenchModel, taken: set[int], workdir: Path) 
         "--workers",
         str(WORKERS),
     ]
-    # Ours keeps the caller's environment as it is (PYTHONPATH included).
+    # Ours keeps the caller's environment as it is (PYTHONPATH included). The probes' own port is
+    # given by environment, which an older server (a before/after run) ignores.
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env["HEALTH_PORT"] = str(free_port(taken))
     return Launch(cmd=cmd, env=env, cwd=workdir, port=port)
 
 
