@@ -39,10 +39,11 @@ kserve-client: install ## KServe's Python client in its own cached venv (server 
 	$(PY) -c 'import sys; from bench.server.venvs import main; sys.exit(main(["kserve"]))'
 
 .PHONY: lint
-lint: install ## ruff and mypy (strict).
+lint: install ## ruff, mypy (strict) and the operator's layer contract (import-linter).
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 .PHONY: fmt
 fmt: install ## Format the code with ruff.

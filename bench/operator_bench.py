@@ -141,7 +141,7 @@ class Run:
         started = time.monotonic()
         for i in range(count):
             body = {"metadata": {"name": f"bare-{i}", "namespace": namespace, "uid": "x"}}
-            deployment = render.render_deployment(body, spec, Settings(server_image=IMAGE))
+            deployment = render.render_deployment(render.Owner.from_body(body), spec, Settings(server_image=IMAGE))
             del deployment["metadata"]["ownerReferences"]
             self.apps.create_namespaced_deployment(namespace, deployment)
 

@@ -45,7 +45,7 @@ BASE_IMAGE = "localhost/modeldeploy/python:3.11-bookworm"
 #: The operator's default (``modeldeploy.settings.DEFAULT_SERVER_IMAGE``), as containerd
 #: spells it after normalising ``modeldeploy/modelserver:0.1.0``.
 SERVER_IMAGE = "docker.io/modeldeploy/modelserver:0.1.0"
-#: ``manifests/operator.yaml``'s ``modeldeploy/operator:0.1.0`` as containerd spells it.
+#: ``manifests/base/operator.yaml``'s ``modeldeploy/operator:0.1.0`` as containerd spells it.
 OPERATOR_IMAGE = "docker.io/modeldeploy/operator:0.1.0"
 #: What ``operator/Dockerfile`` copies from the repository: its whole build context.
 OPERATOR_CONTEXT = (

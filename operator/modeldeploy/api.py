@@ -10,10 +10,15 @@ enforces and a rule the operator relies on cannot drift apart.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
+
+from modelserver import uris
 
 GROUP = "serving.modeldeploy.io"
 VERSION = "v1alpha1"
@@ -32,12 +37,54 @@ QUANTITY_PATTERN = (
 )
 INT_OR_PERCENT_PATTERN = r"^(0|[1-9][0-9]*)%?$"
 
+_SUFFIXES = {
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+    "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+}  # fmt: skip
+_QUANTITY = re.compile(QUANTITY_PATTERN)
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One ``x-kubernetes-validations`` entry; ``field_path`` makes the error name the field."""
+
+def parse_quantity(quantity: int | float | str) -> Decimal:
+    """Any Kubernetes quantity the schema accepts (``0.5m``, ``1500u``, ``1k``, ``2Gi``,
+    ``1e3``) as an exact number; ValueError for anything else."""
+    text = str(quantity).strip()
+    if not _QUANTITY.match(text):
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    # Binary suffixes first (two letters); an exponent (1e3) ends in a digit, not a suffix.
+    suffix = next(
+        (s for s in sorted(_SUFFIXES, key=len, reverse=True) if s and text.endswith(s)), ""
+    )
+    number, multiplier = text[: len(text) - len(suffix)], _SUFFIXES[suffix]
+    try:
+        return Decimal(number) * multiplier
+    except InvalidOperation as error:  # pragma: no cover - the pattern already refused it
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity") from error
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` safe to show in status, Events and logs, which anyone who can read the resource
+    reads: no userinfo, no query values (presigned URLs), no fragment. The model server's rules
+    (``modelserver.uris``, standard library only), so a URI reads the same everywhere."""
+    return uris.redact(uri)
+
+
+# The Python twin of each CEL rule, by its CEL text: a body that reached the operator without
+# the API server's checks (an older CRD) is refused with the same message.
+TWINS: dict[str, Callable[[Any], bool]] = {}
+
+
+def cel(
+    rule: str, message: str, field_path: str | None = None, *, twin: Callable[[Any], bool]
+) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; ``field_path`` makes the error name the field;
+    ``twin`` is the same rule in Python, on the parsed model (True when the rule holds)."""
     entry = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
+    TWINS[rule] = twin
     return entry
 
 
@@ -51,6 +98,25 @@ class Model(BaseModel):
         use_attribute_docstrings=True,
         frozen=True,
     )
+
+    @model_validator(mode="after")
+    def _cel_twins(self) -> Self:
+        for entry in cel_rules(type(self)):
+            if not TWINS[entry["rule"]](self):
+                raise ValueError(entry["message"])
+        return self
+
+
+def cel_rules(model: type[BaseModel]) -> list[dict[str, str]]:
+    """The ``x-kubernetes-validations`` declared on ``model`` itself."""
+    extra = model.model_config.get("json_schema_extra")
+    rules = extra.get("x-kubernetes-validations", []) if isinstance(extra, dict) else []
+    return cast(list[dict[str, str]], rules)
+
+
+def _search(pattern: str, text: str) -> bool:
+    """CEL's ``matches`` (RE2, unanchored unless the pattern anchors itself)."""
+    return re.search(pattern, text) is not None
 
 
 def _pattern_check(pattern: str) -> AfterValidator:
@@ -92,35 +158,62 @@ class ModelSource(
                 "!self.uri.startsWith('file://') || self.uri.matches('^file:///[^ ]+$')",
                 "file:// URIs need an absolute path: file:///path/to/model",
                 ".uri",
+                twin=lambda m: (
+                    not m.uri.startswith("file://") or _search(r"^file:///[^ ]+$", m.uri)
+                ),
             ),
             cel(
                 "!self.uri.startsWith('pvc://') || "
                 "self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$')",
                 "pvc:// URIs name a claim and a path inside it: pvc://CLAIM/path/in/claim",
                 ".uri",
+                twin=lambda m: (
+                    not m.uri.startswith("pvc://")
+                    or _search(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$", m.uri)
+                ),
             ),
             cel(
                 "!self.uri.startsWith('s3://') || "
                 "self.uri.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$')",
                 "s3:// URIs name a bucket and a key: s3://bucket/key",
                 ".uri",
+                twin=lambda m: (
+                    not m.uri.startswith("s3://")
+                    or _search(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$", m.uri)
+                ),
             ),
             cel(
                 "!(self.uri.startsWith('http://') || self.uri.startsWith('https://')) || "
                 "self.uri.matches('^https?://[^/ ]+/[^ ]*$')",
                 "http(s):// URIs need a host and a path: https://host/path/model.joblib",
                 ".uri",
+                twin=lambda m: (
+                    not m.uri.startswith(("http://", "https://"))
+                    or _search(r"^https?://[^/ ]+/[^ ]*$", m.uri)
+                ),
             ),
             cel(
                 "!has(self.trustedTypes) || self.format == 'skops'",
                 "trustedTypes only applies to format: skops",
                 ".trustedTypes",
+                twin=lambda m: m.trusted_types is None or m.format == "skops",
             ),
             cel(
                 "!has(self.credentialsSecret) || "
                 "self.uri.startsWith('s3://') || self.uri.startsWith('http')",
                 "credentialsSecret is only used to download http(s):// and s3:// models",
                 ".credentialsSecret",
+                twin=lambda m: m.credentials_secret is None or m.uri.startswith(("s3://", "http")),
+            ),
+            cel(
+                "!(self.uri.startsWith('http://') && "
+                "(!has(self.format) || self.format == 'joblib') && !has(self.digest))",
+                "a joblib (pickle) model over plain http:// runs whatever code is put in it on the "
+                "way: set model.digest (or use https://, s3:// or format: skops)",
+                ".digest",
+                twin=lambda m: (
+                    not (m.uri.startswith("http://") and m.format == "joblib" and m.digest is None)
+                ),
             ),
         ]
     },
@@ -153,6 +246,11 @@ class ModelSource(
     """skops only: extra types the file may contain beyond skops' defaults, for example
     sklearn.tree._tree.Tree for tree ensembles. Each one is code you trust."""
 
+    max_size_bytes: int | None = Field(default=None, ge=1, le=2**40)
+    """Largest artifact the download step accepts (http(s):// and s3://; default 4 GiB): a
+    bigger or endless answer fails the download instead of filling the node's disk. Also the
+    size limit of the volume the model is downloaded into."""
+
     credentials_secret: str | None = Field(
         default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
     )
@@ -169,18 +267,12 @@ class Autoscaling(
                 "self.minReplicas <= self.maxReplicas",
                 "minReplicas must be less than or equal to maxReplicas",
                 ".minReplicas",
+                twin=lambda a: a.min_replicas <= a.max_replicas,
             )
         ]
     },
 ):
     """HorizontalPodAutoscaler settings; when present, the HPA owns the replica count."""
-
-    @model_validator(mode="after")
-    def _bounds_ordered(self) -> Autoscaling:
-        # Twin of the CEL rule above, for bodies that reach the operator without it.
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must be less than or equal to maxReplicas")
-        return self
 
     def bound(self, replicas: int) -> int:
         """``replicas`` brought within [minReplicas, maxReplicas], as the autoscaler would."""
@@ -202,6 +294,17 @@ class Autoscaling(
 
 
 _RESOURCE_NAMES = "['cpu', 'memory', 'ephemeral-storage']"
+_RESOURCE_KEYS = {"cpu", "memory", "ephemeral-storage"}
+
+
+def _limits_cover_requests(resources: Resources) -> bool:
+    if not resources.limits or not resources.requests:
+        return True
+    return all(
+        parse_quantity(resources.limits[key]) >= parse_quantity(value)
+        for key, value in resources.requests.items()
+        if key in resources.limits
+    )
 
 
 class Resources(
@@ -215,16 +318,19 @@ class Resources(
                 ".compareTo(quantity(string(self.requests[k]))) >= 0)",
                 "each limit must be greater than or equal to its request",
                 ".limits",
+                twin=_limits_cover_requests,
             ),
             cel(
                 "!has(self.requests) || self.requests.all(k, k in " + _RESOURCE_NAMES + ")",
                 "requests may name cpu, memory and ephemeral-storage",
                 ".requests",
+                twin=lambda r: not r.requests or set(r.requests) <= _RESOURCE_KEYS,
             ),
             cel(
                 "!has(self.limits) || self.limits.all(k, k in " + _RESOURCE_NAMES + ")",
                 "limits may name cpu, memory and ephemeral-storage",
                 ".limits",
+                twin=lambda r: not r.limits or set(r.limits) <= _RESOURCE_KEYS,
             ),
         ]
     },
@@ -258,6 +364,11 @@ class Rollout(
                 f"(has(self.maxUnavailable) && !(string(self.maxUnavailable) in {_ZERO}))",
                 "maxSurge and maxUnavailable cannot both be zero: the rollout could never progress",
                 ".maxSurge",
+                twin=lambda r: (
+                    r.max_surge is None
+                    or str(r.max_surge) not in ("0", "0%")
+                    or (r.max_unavailable is not None and str(r.max_unavailable) not in ("0", "0%"))
+                ),
             )
         ]
     },
@@ -317,11 +428,19 @@ class PeerSelector(
             cel(
                 "has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock)",
                 "a peer needs podSelector, namespaceSelector or ipBlock",
+                twin=lambda p: (
+                    p.pod_selector is not None
+                    or p.namespace_selector is not None
+                    or p.ip_block is not None
+                ),
             ),
             cel(
                 "!has(self.ipBlock) || !(has(self.podSelector) || has(self.namespaceSelector))",
                 "ipBlock cannot be combined with podSelector or namespaceSelector",
                 ".ipBlock",
+                twin=lambda p: (
+                    p.ip_block is None or (p.pod_selector is None and p.namespace_selector is None)
+                ),
             ),
         ]
     },
@@ -358,24 +477,24 @@ class ModelDeploymentSpec(
                 "replicas and autoscaling are mutually exclusive: with autoscaling the "
                 "HorizontalPodAutoscaler owns the replica count",
                 ".replicas",
+                twin=lambda s: s.replicas is None or s.autoscaling is None,
             ),
             cel(
                 "!has(self.autoscaling) || !has(self.resources) || "
                 "!has(self.resources.requests) || 'cpu' in self.resources.requests",
                 "autoscaling measures CPU against the CPU request: set resources.requests.cpu",
                 ".resources",
+                twin=lambda s: (
+                    s.autoscaling is None
+                    or s.resources is None
+                    or s.resources.requests is None
+                    or "cpu" in s.resources.requests
+                ),
             ),
         ]
     },
 ):
     """Desired state of a served model."""
-
-    @model_validator(mode="after")
-    def _replicas_or_autoscaling(self) -> ModelDeploymentSpec:
-        # Twin of the CEL rule above, for bodies that reach the operator without it.
-        if self.replicas is not None and self.autoscaling is not None:
-            raise ValueError("replicas and autoscaling are mutually exclusive")
-        return self
 
     model: ModelSource
     """The model artifact to serve."""
@@ -404,19 +523,79 @@ class ModelDeploymentSpec(
     """Scale to zero and keep every object; false brings the replicas back."""
 
 
+class ConditionType(StrEnum):
+    """The conditions the operator writes."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    AVAILABLE = "Available"
+    MODEL_VERIFIED = "ModelVerified"
+
+
+class Reason(StrEnum):
+    """Every condition reason the operator writes (one place; the CRD lists them)."""
+
+    # Ready
+    MODEL_SERVING = "ModelServing"
+    CREATING = "Creating"
+    ROLLOUT_PENDING = "RolloutPending"
+    ROLLING_OUT = "RollingOut"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    SUSPENDED = "Suspended"
+    SCALED_TO_ZERO = "ScaledToZero"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    MODEL_FETCH_FAILED = "ModelFetchFailed"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+    CONTAINER_CRASHING = "ContainerCrashing"
+    APPLY_FAILED = "ApplyFailed"
+    NAME_CONFLICT = "NameConflict"
+    REPLICA_FAILURE = "ReplicaFailure"
+    INVALID_SPEC = "InvalidSpec"
+    # Reconciling / Stalled when false
+    SCALING_DOWN = "ScalingDown"
+    STABLE = "Stable"
+    NOT_STALLED = "NotStalled"
+    # Available
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+    NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"
+    # ModelVerified
+    DIGEST_VERIFIED = "DigestVerified"
+    DIGEST_MISMATCH = "DigestMismatch"
+    DIGEST_NOT_PINNED = "DigestNotPinned"
+    VERIFYING = "Verifying"
+
+
+class Phase(StrEnum):
+    """One word for humans."""
+
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
 class Condition(Model):
     """A Kubernetes condition (meta/v1 Condition)."""
 
     model_config = ConfigDict(frozen=False)
 
-    type: str = Field(max_length=316)
-    """Condition type: Ready, Reconciling, Stalled, Available, ModelVerified."""
+    type: str = Field(
+        max_length=316,
+        description="Condition type: " + ", ".join(ConditionType) + ".",
+    )
 
     status: Literal["True", "False", "Unknown"]
     """Status of the condition."""
 
-    reason: str = Field(max_length=1024)
-    """One CamelCase word for machines."""
+    reason: str = Field(
+        max_length=1024,
+        description="One CamelCase word for machines: " + ", ".join(Reason) + ".",
+    )
 
     message: str = Field(default="", max_length=32768)
     """Explanation for humans."""
@@ -432,16 +611,13 @@ class ServedModel(Model):
     """The model being served."""
 
     uri: str | None = None
-    """The artifact URI."""
+    """The artifact URI (userinfo and query values replaced by ***)."""
 
     digest: str | None = None
     """The pinned digest, if any."""
 
     version: str | None = None
     """The free-text version."""
-
-
-Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed", "Suspended"]
 
 
 class ModelDeploymentStatus(Model):
@@ -454,7 +630,8 @@ class ModelDeploymentStatus(Model):
         default=None,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    """Ready (summary), Reconciling and Stalled (kstatus, abnormal-true), Available."""
+    """Ready (summary), Reconciling and Stalled (kstatus, abnormal-true), Available,
+    ModelVerified (the served bytes match model.digest)."""
 
     phase: Phase | None = None
     """One word for humans: Pending, Progressing, Ready, Degraded, Failed, Suspended."""
@@ -496,6 +673,10 @@ class ModelDeployment(
                 "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
                 "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits "
                 "and '-', starting with a letter): it names the Service",
+                twin=lambda d: (
+                    len(name := str(d.metadata.get("name", ""))) <= 63
+                    and _search(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", name)
+                ),
             )
         ]
     },
@@ -521,3 +702,11 @@ class ModelDeployment(
 def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:
     """Parse a spec as it arrives from the API server (camelCase); raises ValidationError."""
     return ModelDeploymentSpec.model_validate(spec)
+
+
+def parse_resource(body: dict[str, Any]) -> ModelDeployment:
+    """The typed resource from a watch event's body (status is the operator's own and is not
+    parsed); raises ValidationError naming each field from the top (spec.model.uri)."""
+    return ModelDeployment.model_validate(
+        {"metadata": body.get("metadata") or {}, "spec": body.get("spec") or {}}
+    )

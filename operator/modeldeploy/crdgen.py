@@ -37,7 +37,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
     },
     {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model.uri"},
     {"name": "Version", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},

@@ -1,19 +1,26 @@
 """The one module that talks to the Kubernetes API (the official, synchronous client).
 
-Every call is bounded by a timeout: kopf runs sync handlers in a thread pool, and a hung call
-would hold a thread forever. Writes use server-side apply under one field manager, so applying
-an unchanged object is a no-op on the server (no new resourceVersion, no watch event).
+Every call is bounded by a timeout: reconciles run in worker threads, and a hung call would hold
+a thread forever. Writes use server-side apply under one field manager, so applying an unchanged
+object is a no-op on the server (no new resourceVersion, no watch event). Failures leave this
+module as ``KubeError`` only: nothing above it imports the client's exceptions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.leaderelection import electionconfig, leaderelection, leaderelectionrecord
 
 from modeldeploy import api, metrics
 from modeldeploy.render import CHILD_KINDS, DEPLOYMENT, ChildKind
@@ -73,6 +80,38 @@ def api_message(error: ApiException) -> str:
     return str(message or error.reason)
 
 
+# Refusals that a retry of the same request will not change: the spec, RBAC, admission or a
+# quota must change first. 409 (conflict) and 429 (throttled) are transient.
+_PERMANENT_CODES = frozenset({400, 401, 403, 404, 405, 406, 410, 413, 415, 422})
+
+
+class KubeError(Exception):
+    """An API call failed: the HTTP status, the API server's message, and whether a retry of
+    the same request can succeed without someone changing something."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "", retry_after: float = 0.0):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.retry_after = retry_after
+
+    @property
+    def permanent(self) -> bool:
+        return self.status in _PERMANENT_CODES
+
+    @classmethod
+    def from_api(cls, error: ApiException, kind: str) -> KubeError:
+        retry_after = 0.0
+        with_headers = getattr(error, "headers", None) or {}
+        try:
+            retry_after = float(with_headers.get("Retry-After") or 0)
+        except (TypeError, ValueError):
+            retry_after = 0.0
+        # status 0: no answer at all (connection refused, timeout): transient.
+        return cls(error.status or 0, api_message(error), kind=kind, retry_after=retry_after)
+
+
 def _base(api_version: str) -> str:
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
 
@@ -117,6 +156,7 @@ class Kube:
         token = self._configuration.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token
+        metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
         try:
             response = self._client.call_api(
                 path,
@@ -130,7 +170,10 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 metrics.API_ERRORS.labels(verb=method, kind=kind, code=str(error.status)).inc()
-            raise
+            raise KubeError.from_api(error, kind) from None
+        except (OSError, urllib3.exceptions.HTTPError) as error:
+            metrics.API_ERRORS.labels(verb=method, kind=kind, code="0").inc()
+            raise KubeError(0, f"{method} {kind}: {error}", kind=kind) from None
         raw = response[0].data if isinstance(response, tuple) else response.data
         result: Obj = json.loads(raw) if raw else {}
         return result
@@ -178,7 +221,7 @@ class Kube:
                 kind=kind.kind,
                 query=[("propagationPolicy", "Background")],
             )
-        except ApiException as error:
+        except KubeError as error:
             if error.status == 404:
                 return False
             raise
@@ -207,7 +250,7 @@ class Kube:
     def _get(self, path: str, kind: str) -> Obj | None:
         try:
             return self._call("GET", path, kind=kind)
-        except ApiException as error:
+        except KubeError as error:
             if error.status == 404:
                 return None
             raise
@@ -215,10 +258,6 @@ class Kube:
     def get(self, kind: ChildKind, namespace: str, name: str) -> Obj | None:
         """A child, or None when it does not exist."""
         return self._get(_path(kind.api_version, kind.plural, namespace, name), kind.kind)
-
-    def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
-        """A ModelDeployment, or None when it does not exist."""
-        return self._get(_path(api.API_VERSION, api.PLURAL, namespace, name), api.KIND)
 
     def list_pods(self, namespace: str, selector: str, limit: int = 20) -> list[Obj]:
         """Pods matching ``selector`` (bounded: only read to explain a stuck rollout)."""
@@ -230,3 +269,172 @@ class Kube:
         )
         items: list[Obj] = result.get("items", [])
         return items
+
+    def post_event(
+        self, involved: Obj, *, type_: str, reason: str, message: str, component: str
+    ) -> None:
+        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        namespace = involved["namespace"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{involved['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": namespace,
+            },
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": None,
+            "count": 1,
+        }
+        self._call("POST", _path("v1", "events", namespace), kind="Event", body=event)
+
+
+# --- leader election ------------------------------------------------------------------------
+
+LEASE_API = "coordination.k8s.io/v1"
+
+
+def _micro_time(text: str | None) -> str | None:
+    """The election module's ``str(datetime)`` (local, naive) as a Lease MicroTime."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the module stamps naive local times
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Refusal:
+    """What the election module expects back from a failed read: a body with the code."""
+
+    body: str
+    reason: str
+
+
+class LeaseLock:
+    """A ``coordination.k8s.io/v1`` Lease as the lock of the client's leader-election module
+    (which ships only a ConfigMap lock). Updates carry the resourceVersion that was read, so
+    two candidates can never both take the lock; ``release()`` empties the holder so that a
+    standby takes over at its next try instead of waiting for the lease to expire."""
+
+    def __init__(self, kube: Kube, name: str, namespace: str, identity: str):
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
+        self._kube = kube
+        self._version: str | None = None
+        self._transitions = 0
+        self._holder: str | None = None
+        self._released = threading.Event()
+
+    def _lease_path(self, name: str | None = None) -> str:
+        return _path(LEASE_API, "leases", self.namespace, name)
+
+    def get(self, name: str, namespace: str) -> tuple[bool, Any]:
+        try:
+            lease = self._kube._call("GET", self._lease_path(name), kind="Lease")
+        except KubeError as error:
+            return False, _Refusal(json.dumps({"code": error.status}), error.message)
+        self._version = lease["metadata"].get("resourceVersion")
+        spec = lease.get("spec") or {}
+        self._transitions = int(spec.get("leaseTransitions") or 0)
+        self._holder = spec.get("holderIdentity") or None
+        return True, leaderelectionrecord.LeaderElectionRecord(
+            self._holder,  # None once released: the next candidate takes it at once
+            str(spec.get("leaseDurationSeconds")) if spec.get("leaseDurationSeconds") else None,
+            spec.get("acquireTime"),
+            spec.get("renewTime"),
+        )
+
+    def _body(self, record: Any, *, version: str | None) -> Obj:
+        transitions = self._transitions + (
+            1 if self._holder is not None and self._holder != record.holder_identity else 0
+        )
+        metadata: Obj = {"name": self.name, "namespace": self.namespace}
+        if version:
+            metadata["resourceVersion"] = version
+        return {
+            "apiVersion": LEASE_API,
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {
+                "holderIdentity": record.holder_identity,
+                "leaseDurationSeconds": int(float(record.lease_duration)),
+                "acquireTime": _micro_time(record.acquire_time),
+                "renewTime": _micro_time(record.renew_time),
+                "leaseTransitions": transitions,
+            },
+        }
+
+    def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        if self._released.is_set():
+            return False
+        try:
+            self._kube._call(
+                "POST",
+                self._lease_path(),
+                kind="Lease",
+                body=self._body(election_record, version=None),
+            )
+        except KubeError:
+            return False
+        return True
+
+    def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+        if self._released.is_set():
+            return False  # stopping: never take the lock back after releasing it
+        try:
+            self._kube._call(
+                "PUT",
+                self._lease_path(name),
+                kind="Lease",
+                body=self._body(updated_record, version=self._version),
+            )
+        except KubeError:
+            return False
+        return True
+
+    def release(self) -> bool:
+        """Give the lease up (on SIGTERM) if this candidate holds it; True when released."""
+        self._released.set()
+        try:
+            lease = self._kube._call("GET", self._lease_path(self.name), kind="Lease")
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.identity:
+                return False
+            spec.update({"holderIdentity": None, "leaseDurationSeconds": 1})
+            self._kube._call("PUT", self._lease_path(self.name), kind="Lease", body=lease)
+        except KubeError:
+            return False
+        return True
+
+
+def run_election(
+    lock: LeaseLock,
+    *,
+    on_leading: Callable[[], None],
+    on_lost: Callable[[], None],
+    lease_seconds: int = 15,
+    renew_deadline_seconds: int = 10,
+    retry_seconds: int = 1,
+) -> threading.Thread:
+    """The client's leader election in a daemon thread; ``on_leading`` runs in a thread of
+    its own once the lease is held, ``on_lost`` when it could not be renewed in time."""
+    config_ = electionconfig.Config(
+        lock, lease_seconds, renew_deadline_seconds, retry_seconds, on_leading, on_lost
+    )
+    thread = threading.Thread(
+        target=leaderelection.LeaderElection(config_).run, name="leader-election", daemon=True
+    )
+    thread.start()
+    return thread

@@ -30,3 +30,31 @@ RESOURCES = Gauge(
     "ModelDeployments known to this operator, by phase.",
     ["phase"],
 )
+API_REQUESTS = Counter(
+    "modeldeploy_api_requests_total",
+    "Kubernetes API requests the operator made (reads and writes), by verb and kind.",
+    ["verb", "kind"],
+)
+QUEUE_DEPTH = Gauge(
+    "modeldeploy_workqueue_depth",
+    "ModelDeployments waiting for a reconcile worker now.",
+)
+RETRIES = Counter(
+    "modeldeploy_workqueue_retries_total",
+    "Reconciles scheduled again with backoff after a failure.",
+)
+REMEMBERED = Gauge(
+    "modeldeploy_remembered_objects",
+    "Entries the operator holds in memory, by store (parents, children, per-resource state); "
+    "flat when resources come and go.",
+    ["store"],
+)
+LEADER = Gauge(
+    "modeldeploy_leader",
+    "1 while this replica holds the leader Lease and reconciles, 0 on a standby.",
+)
+WATCH_EVENTS = Counter(
+    "modeldeploy_watch_events_total",
+    "Watch events the operator received, by kind (ModelDeployment or a child kind).",
+    ["kind"],
+)

@@ -1,11 +1,22 @@
-"""Reconcile orchestration: parse, render, apply, observe, compute status, write it if it changed.
+"""Reconcile orchestration: parse, render, apply what differs, observe, compute status, write it.
 
-Knows the Kubernetes API only through ``kube.Kube`` and kopf not at all, so tests can drive it
-directly against a real API server.
+Knows the Kubernetes API only through ``kube.Kube`` and kopf not at all, so tests drive it
+directly against a real API server. Level-based: a pass looks at the whole resource, whatever
+triggered it, and leaves it as the spec says or says why not.
+
+What the operator remembers per resource only saves work; it never decides a write on its own:
+- ``ChildCache`` mirrors the children as the watch delivers them (an informer's cache), so a
+  child event costs no read;
+- the digest and fingerprint of each child after the operator's last apply: a child whose
+  rendered form and live fingerprint are unchanged is not written again;
+- before any write, the child is read from the API server and refused if another controller
+  (or nobody) controls it: memory can be stale after a missed watch event, the server cannot.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -15,16 +26,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from modeldeploy import api, kube, metrics, render, status
-from modeldeploy.kube import Kube
+from modeldeploy import api, metrics, render, status
+from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
 logger = logging.getLogger("modeldeploy.reconcile")
 
 Obj = dict[str, Any]
+ChildKey = tuple[str, str, str]  # kind, namespace, name
 
 
 def utcnow() -> str:
@@ -35,8 +46,9 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line per problem, each naming the field as a user writes it (spec.model.uri)."""
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in ("spec", *problem["loc"]))
-        lines.append(f"{where}: {problem['msg']}")
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
 
 
@@ -53,7 +65,7 @@ class NameConflictError(Exception):
 
 @dataclass
 class Outcome:
-    """What one reconcile did, for logs, metrics and Events."""
+    """What one reconcile did, for logs, metrics, Events and the work queue."""
 
     name: str
     namespace: str
@@ -62,20 +74,45 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     status_written: bool = False
     transitions: list[status.Transition] = field(default_factory=list)
-    # A child's name is taken (NameConflict): nothing announces when it is free again, so the
-    # caller should try the apply again later.
-    retry_apply: bool = False
+    # Why the children could not be applied (retried with backoff until they can).
+    apply_error: KubeError | None = None
+    name_conflict: bool = False
 
     @property
     def did_something(self) -> bool:
         return bool(self.changed or self.deleted or self.status_written)
 
 
-def _fingerprint(obj: Obj) -> str:
+def fingerprint(obj: Obj) -> str:
     """What changes when a child's spec changes: generation where the kind has one."""
     meta = obj.get("metadata") or {}
     generation = meta.get("generation")
     return f"g{generation}" if generation else f"rv{meta.get('resourceVersion')}"
+
+
+def _digest(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def controller_uid(obj: Obj) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            uid: str = ref.get("uid", "")
+            return uid
+    return None
+
+
+def owner_name(obj: Obj) -> str | None:
+    """Name of the ModelDeployment that controls ``obj``, if one does."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == api.KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{api.GROUP}/")
+        ):
+            name: str = ref["name"]
+            return name
+    return None
 
 
 def _owns_replicas(deployment: Obj, manager: str) -> bool:
@@ -87,11 +124,61 @@ def _owns_replicas(deployment: Obj, manager: str) -> bool:
     return False
 
 
-def _is_controlled_by(obj: Obj, uid: str) -> bool:
-    return any(
-        ref.get("uid") == uid and ref.get("controller")
-        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
-    )
+@dataclass(frozen=True)
+class CachedChild:
+    """A child as the last watch event showed it (Deployments keep what status needs)."""
+
+    uid: str
+    fingerprint: str
+    controller: str | None
+    deployment: Obj | None = None
+
+
+def _status_view(deployment: Obj) -> Obj:
+    """The parts of a Deployment that status is computed from."""
+    meta = deployment.get("metadata") or {}
+    return {
+        "metadata": {
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "ownerReferences": meta.get("ownerReferences") or [],
+        },
+        "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
+        "status": deployment.get("status") or {},
+    }
+
+
+class ChildCache:
+    """The children as the watches deliver them, keyed by kind, namespace and name."""
+
+    def __init__(self) -> None:
+        self._items: dict[ChildKey, CachedChild] = {}
+        self._guard = threading.Lock()
+
+    def observe(self, obj: Obj, *, deleted: bool = False) -> CachedChild | None:
+        """Record one watch event; the previous entry for the same object."""
+        meta = obj.get("metadata") or {}
+        key = (str(obj.get("kind")), meta.get("namespace", ""), meta.get("name", ""))
+        with self._guard:
+            before = self._items.get(key)
+            if deleted:
+                if before is not None and before.uid == meta.get("uid"):
+                    del self._items[key]
+                return before
+            self._items[key] = CachedChild(
+                uid=meta.get("uid", ""),
+                fingerprint=fingerprint(obj),
+                controller=controller_uid(obj),
+                deployment=_status_view(obj) if obj.get("kind") == render.DEPLOYMENT.kind else None,
+            )
+        return before
+
+    def get(self, kind: render.ChildKind, namespace: str, name: str) -> CachedChild | None:
+        with self._guard:
+            return self._items.get((kind.kind, namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Reconciler:
@@ -101,56 +188,73 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        self.children = ChildCache()
         self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        # Fingerprint of each child as the operator last wrote or saw it: a watch event whose
-        # fingerprint matches is status noise; one that differs is drift to correct.
-        self._seen: dict[str, str] = {}
+        self._guard = threading.Lock()
+        # (resource uid, kind) -> (digest of the rendered child, its fingerprint after apply)
+        self._applied: dict[tuple[str, str], tuple[str, str]] = {}
         self._phases: dict[str, str] = {}
         # The status this operator last wrote, per resource: it is the only status writer, and
         # a body handed in by a watch event can predate that write.
         self._written: dict[str, Obj] = {}
         # Why the last apply of a resource's children failed, until one succeeds: status-only
-        # passes (child events) must not report Ready while a child could not be written.
+        # passes must not report Ready while a child could not be written.
         self._apply_failures: dict[str, status.ApplyFailure] = {}
-        # uid of each child this operator applied, per resource and kind: a child still in
-        # _seen (no DELETED event since) is known to be its own, so needs no ownership read.
-        self._children: dict[str, dict[str, str]] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
-        with self._locks_guard:
+        with self._guard:
             lock = self._locks.setdefault(uid, threading.Lock())
         with lock:
             yield
 
     def forget(self, uid: str) -> None:
-        """Drop per-resource memory after the ModelDeployment is gone."""
-        with self._locks_guard:
+        """Drop everything remembered about a ModelDeployment that is gone."""
+        with self._guard:
             self._locks.pop(uid, None)
-        self._written.pop(uid, None)
-        self._apply_failures.pop(uid, None)
-        self._children.pop(uid, None)
-        if self._phases.pop(uid, None) is not None:
+            for key in [key for key in self._applied if key[0] == uid]:
+                del self._applied[key]
+            self._written.pop(uid, None)
+            self._apply_failures.pop(uid, None)
+            known = self._phases.pop(uid, None) is not None
+        if known:
             self._update_phase_gauge()
 
-    def child_drifted(self, child: Obj, event_type: str | None) -> bool:
-        """Whether a watch event on a child needs the children re-applied (not just status)."""
-        uid = (child.get("metadata") or {}).get("uid", "")
-        if event_type == "DELETED":
-            self._seen.pop(uid, None)
-            return True
-        return self._seen.get(uid) != _fingerprint(child)
+    def remembered(self) -> dict[str, int]:
+        """Sizes of the per-resource memory (for tests and the leak benchmark)."""
+        with self._guard:
+            return {
+                "locks": len(self._locks),
+                "applied": len(self._applied),
+                "written": len(self._written),
+                "phases": len(self._phases),
+                "apply_failures": len(self._apply_failures),
+            }
 
-    def reconcile(
-        self, body: Obj, *, apply_children: bool = True, trigger: str = "spec"
-    ) -> Outcome:
-        """One pass. Raises ApiException on API failures (the caller retries)."""
+    def child_needs_pass(self, child: Obj, *, deleted: bool) -> bool:
+        """Record a child's watch event; whether its owner needs a pass.
+
+        A Deployment's status is the resource's status; any other child matters only when it
+        differs from what the operator last applied (edited or deleted by someone else).
+        """
+        self.children.observe(child, deleted=deleted)
+        if deleted or child.get("kind") == render.DEPLOYMENT.kind:
+            return True
+        owner = controller_uid(child)
+        applied = self._applied.get((owner or "", str(child.get("kind"))))
+        return applied is None or applied[1] != fingerprint(child)
+
+    def reconcile(self, body: Obj, *, full: bool = True, trigger: str = "spec") -> Outcome:
+        """One pass; ``full`` reads every child from the API server instead of the cache.
+
+        Raises KubeError when the status cannot be read or written; a child that cannot be
+        applied is reported in status and in ``Outcome.apply_error`` instead.
+        """
         started = time.monotonic()
         meta = body["metadata"]
         try:
             with self._lock(meta["uid"]):
-                outcome = self._reconcile(body, apply_children=apply_children)
+                outcome = self._reconcile(body, full=full)
         except Exception:
             metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
             raise
@@ -159,7 +263,8 @@ class Reconciler:
         metrics.RECONCILES.labels(
             trigger=trigger, result="changed" if outcome.did_something else "unchanged"
         ).inc()
-        self._phases[meta["uid"]] = outcome.phase
+        with self._guard:
+            self._phases[meta["uid"]] = outcome.phase
         self._update_phase_gauge()
         if outcome.did_something:
             logger.info(
@@ -177,15 +282,15 @@ class Reconciler:
         return outcome
 
     def _update_phase_gauge(self) -> None:
-        counts: dict[str, int] = dict.fromkeys(
-            ("Pending", "Progressing", "Ready", "Degraded", "Failed", "Suspended"), 0
-        )
-        for phase in list(self._phases.values()):
+        counts: dict[str, int] = dict.fromkeys(status.PHASES, 0)
+        with self._guard:
+            phases = list(self._phases.values())
+        for phase in phases:
             counts[phase] = counts.get(phase, 0) + 1
         for phase, count in counts.items():
             metrics.RESOURCES.labels(phase=phase).set(count)
 
-    def _reconcile(self, body: Obj, *, apply_children: bool) -> Outcome:
+    def _reconcile(self, body: Obj, *, full: bool) -> Outcome:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         owner = render.Owner(name=name, namespace=namespace, uid=uid)
@@ -194,31 +299,28 @@ class Reconciler:
         spec: api.ModelDeploymentSpec | None = None
         spec_error: str | None = None
         try:
-            spec = api.parse_spec(body.get("spec") or {})
+            spec = api.parse_resource(body).spec
         except ValidationError as error:
             spec_error = describe_validation_error(error)
 
         deployment: Obj | None = None
-        refused: ApiException | None = None
-        if spec is not None and apply_children:
+        if spec is not None:
             try:
-                deployment = self._apply_children(body, spec, owner, outcome)
+                deployment = self._apply_children(spec, owner, outcome, full=full)
                 self._apply_failures.pop(uid, None)
-            except ApiException as error:
-                refused = error
+            except KubeError as error:
+                outcome.apply_error = error
                 self._apply_failures[uid] = status.ApplyFailure(
-                    permanent=400 <= (error.status or 0) < 500 and error.status not in (409, 429),
-                    message=kube.api_message(error),
+                    permanent=error.permanent, message=error.message
                 )
-                deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
             except NameConflictError as error:
+                outcome.name_conflict = True
                 self._apply_failures[uid] = status.ApplyFailure(
-                    permanent=True, message=str(error), reason="NameConflict"
+                    permanent=True, message=str(error), reason=api.Reason.NAME_CONFLICT
                 )
-                deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
-        elif spec is not None:
-            deployment = self.kube.get(render.DEPLOYMENT, namespace, name)
-        if deployment is not None and not _is_controlled_by(deployment, uid):
+            if deployment is None:
+                deployment = self._deployment(owner, full=full)
+        if deployment is not None and controller_uid(deployment) != uid:
             deployment = None  # someone else's: its rollout says nothing about this resource
 
         pod_failure = None
@@ -236,9 +338,6 @@ class Reconciler:
             url=render.service_url(owner, self.settings.cluster_domain),
             apply_failure=self._apply_failures.get(uid),
         )
-        outcome.retry_apply = (
-            observed.apply_failure is not None and observed.apply_failure.reason == "NameConflict"
-        )
         written = self._written.get(uid)
         previous = written if written is not None else body.get("status") or {}
         new_status, transitions = status.compute_status(observed, previous, self.clock())
@@ -249,9 +348,16 @@ class Reconciler:
             metrics.WRITES.labels(kind=api.KIND, verb="apply-status").inc()
             outcome.status_written = True
             outcome.transitions = transitions
-        if refused is not None:
-            raise refused  # status says why; the caller retries
         return outcome
+
+    def _deployment(self, owner: render.Owner, *, full: bool) -> Obj | None:
+        cached = None if full else self.children.get(render.DEPLOYMENT, owner.namespace, owner.name)
+        if cached is not None and cached.deployment is not None:
+            return cached.deployment
+        live = self.kube.get(render.DEPLOYMENT, owner.namespace, owner.name)
+        if live is not None:
+            self.children.observe(live)
+        return live
 
     @staticmethod
     def _rolled_out(deployment: Obj) -> bool:
@@ -264,69 +370,109 @@ class Reconciler:
             and st.get("replicas", 0) == desired
         )
 
-    def _refuse_foreign(
-        self, children: render.Children, owner: render.Owner, live: Obj | None
-    ) -> None:
-        """Raise NameConflictError before writing anything if a child's name is someone else's.
-
-        Server-side apply would merge into such an object and take it over (a user's own
-        Service would start selecting the model pods). A child this operator applied and has
-        not seen deleted since needs no read.
-        """
-        known = self._children.get(owner.uid, {})
-        for wanted in children.wanted:
-            kind = render.child_kind(wanted["kind"])
-            if kind == render.DEPLOYMENT:
-                existing = live
-            elif known.get(kind.kind) in self._seen:
-                continue
-            else:
-                existing = self.kube.get(kind, owner.namespace, owner.name)
-            if existing is not None and not _is_controlled_by(existing, owner.uid):
-                raise NameConflictError(kind.kind, owner.namespace, owner.name)
+    def _live_fingerprint(
+        self, kind: render.ChildKind, owner: render.Owner, *, full: bool
+    ) -> tuple[str | None, Obj | None]:
+        """The child's fingerprint if this resource controls it, and the object when read."""
+        if full:
+            live = self.kube.get(kind, owner.namespace, owner.name)
+            if live is None:
+                return None, None
+            self.children.observe(live)
+            return (fingerprint(live) if controller_uid(live) == owner.uid else None), live
+        cached = self.children.get(kind, owner.namespace, owner.name)
+        if cached is None or cached.controller != owner.uid:
+            return None, None
+        return cached.fingerprint, None
 
     def _apply_children(
-        self, body: Obj, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome
+        self, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome, *, full: bool
     ) -> Obj | None:
-        children = render.render_children(body, spec, self.settings)
-        live = self.kube.get(render.DEPLOYMENT, owner.namespace, owner.name)
-        self._refuse_foreign(children, owner, live)
+        """Write the children that differ; the Deployment as applied or read, if known."""
+        children = render.render_children(owner, spec, self.settings)
+        pending, deployment = self._differing(children.wanted, owner, full=full)
+        # Ownership is read from the API server before anything is written.
+        checked: list[_Pending] = []
+        for item in pending:
+            live = item.live or self.kube.get(item.kind, owner.namespace, owner.name)
+            if live is not None and controller_uid(live) != owner.uid:
+                raise NameConflictError(item.kind.kind, owner.namespace, owner.name)
+            checked.append(_Pending(item.wanted, item.kind, item.digest, live))
+        for item in checked:
+            applied = self._write(item, spec, owner, outcome)
+            if item.kind == render.DEPLOYMENT:
+                deployment = applied
+        for kind in children.unwanted:
+            self._delete_unwanted(kind, owner, outcome, full=full)
+        return deployment
+
+    def _differing(
+        self, wanted: list[Obj], owner: render.Owner, *, full: bool
+    ) -> tuple[list[_Pending], Obj | None]:
+        """Children whose rendered form or live fingerprint differ from the last apply (none,
+        on an idle resource), and the live Deployment when it was read and is unchanged."""
+        pending: list[_Pending] = []
+        deployment: Obj | None = None
+        for obj in wanted:
+            kind = render.child_kind(obj["kind"])
+            digest = _digest(obj)
+            live_fp, live = self._live_fingerprint(kind, owner, full=full)
+            applied = self._applied.get((owner.uid, kind.kind))
+            if live_fp is not None and applied == (digest, live_fp):
+                if kind == render.DEPLOYMENT:
+                    deployment = live
+                continue
+            pending.append(_Pending(obj, kind, digest, live))
+        return pending, deployment
+
+    def _write(
+        self, item: _Pending, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome
+    ) -> Obj:
+        live = item.live
         if (
-            live is not None
+            item.kind == render.DEPLOYMENT
+            and live is not None
             and spec.autoscaling is not None
             and not spec.suspend
             and _owns_replicas(live, self.settings.field_manager)
         ):
             current = int((live.get("spec") or {}).get("replicas") or 0)
-            keep = spec.autoscaling.bound(current)
-            self.kube.hand_over_replicas(owner.namespace, owner.name, keep)
-            metrics.WRITES.labels(kind="Deployment", verb="apply-handoff").inc()
-
-        deployment: Obj | None = None
-        for wanted in children.wanted:
-            applied = self.kube.apply(wanted)
-            kind = wanted["kind"]
-            metrics.WRITES.labels(kind=kind, verb="apply").inc()
-            uid = applied["metadata"]["uid"]
-            before = (
-                _fingerprint(live)
-                if kind == "Deployment" and live is not None
-                else self._seen.get(uid)
+            self.kube.hand_over_replicas(
+                owner.namespace, owner.name, spec.autoscaling.bound(current)
             )
-            after = _fingerprint(applied)
-            if before != after:
-                outcome.changed.append(kind)
-            self._seen[uid] = after
-            self._children.setdefault(owner.uid, {})[kind] = uid
-            if kind == "Deployment":
-                deployment = applied
-        for kind in children.unwanted:
-            existing = self.kube.get(kind, owner.namespace, owner.name)
-            if (
-                existing is not None
-                and _is_controlled_by(existing, owner.uid)
-                and self.kube.delete(kind, owner.namespace, owner.name)
-            ):
-                metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
-                outcome.deleted.append(kind.kind)
-        return deployment
+            metrics.WRITES.labels(kind=item.kind.kind, verb="apply-handoff").inc()
+        applied = self.kube.apply(item.wanted)
+        metrics.WRITES.labels(kind=item.kind.kind, verb="apply").inc()
+        self.children.observe(applied)
+        after = fingerprint(applied)
+        if live is None or fingerprint(live) != after:
+            outcome.changed.append(item.kind.kind)
+        self._applied[(owner.uid, item.kind.kind)] = (item.digest, after)
+        return applied
+
+    def _delete_unwanted(
+        self, kind: render.ChildKind, owner: render.Owner, outcome: Outcome, *, full: bool
+    ) -> None:
+        self._applied.pop((owner.uid, kind.kind), None)
+        if not full:
+            cached = self.children.get(kind, owner.namespace, owner.name)
+            if cached is None or cached.controller != owner.uid:
+                return
+        existing = self.kube.get(kind, owner.namespace, owner.name)
+        if (
+            existing is not None
+            and controller_uid(existing) == owner.uid
+            and self.kube.delete(kind, owner.namespace, owner.name)
+        ):
+            metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
+            outcome.deleted.append(kind.kind)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A child to write: as rendered, its digest, and the live object if it was read."""
+
+    wanted: Obj
+    kind: render.ChildKind
+    digest: str
+    live: Obj | None

@@ -35,6 +35,7 @@ DEFAULT_RESOURCES: Obj = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
+DEFAULT_MAX_MODEL_BYTES = 4 * 2**30  # the fetcher's own default (MAX_MODEL_BYTES)
 PRESTOP_SLEEP_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
 
@@ -195,18 +196,18 @@ def model_placement(model: api.ModelSource) -> ModelPlacement:
             mounts=[{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
             fetch=False,
         )
+    limit = model.max_size_bytes or DEFAULT_MAX_MODEL_BYTES
     return ModelPlacement(
         served_uri=f"file://{FETCHED_MODEL_PATH}",
-        volumes=[{"name": "model", "emptyDir": {}}],
+        volumes=[{"name": "model", "emptyDir": {"sizeLimit": str(limit)}}],
         mounts=[{"name": "model", "mountPath": MODEL_DIR, "readOnly": True}],
         fetch=True,
     )
 
 
 def cpu_cores(quantity: int | str) -> float:
-    """A CPU quantity (2, "1.5", "500m") in cores."""
-    text = str(quantity)
-    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    """A CPU quantity (2, "1.5", "500m", "0.5m", "1k") in cores."""
+    return float(api.parse_quantity(quantity))
 
 
 def server_workers(resources: Obj) -> int:
@@ -238,6 +239,7 @@ def _fetch_container(image: str, model: api.ModelSource) -> Obj:
     env = [
         {"name": "MODEL_URI", "value": model.uri},
         {"name": "MODEL_DEST", "value": FETCHED_MODEL_PATH},
+        {"name": "MAX_MODEL_BYTES", "value": str(model.max_size_bytes or DEFAULT_MAX_MODEL_BYTES)},
     ]
     if model.digest:
         env.append({"name": "MODEL_DIGEST", "value": model.digest})
@@ -263,9 +265,8 @@ def _fetch_container(image: str, model: api.ModelSource) -> Obj:
     return container
 
 
-def render_deployment(body: Any, spec: api.ModelDeploymentSpec, settings: Settings) -> Obj:
+def render_deployment(owner: Owner, spec: api.ModelDeploymentSpec, settings: Settings) -> Obj:
     """The Deployment running the model server."""
-    owner = Owner.from_body(body)
     image = spec.server.image if spec.server and spec.server.image else settings.server_image
     placement = model_placement(spec.model)
     rollout = spec.rollout or api.Rollout()
@@ -350,9 +351,8 @@ def render_deployment(body: Any, spec: api.ModelDeploymentSpec, settings: Settin
     return _object(DEPLOYMENT, owner, deployment_spec)
 
 
-def render_service(body: Any) -> Obj:
+def render_service(owner: Owner) -> Obj:
     """ClusterIP Service in front of the model pods; port 80 named http."""
-    owner = Owner.from_body(body)
     return _object(
         SERVICE,
         owner,
@@ -372,9 +372,8 @@ def render_service(body: Any) -> Obj:
     )
 
 
-def render_hpa(body: Any, autoscaling: api.Autoscaling) -> Obj:
+def render_hpa(owner: Owner, autoscaling: api.Autoscaling) -> Obj:
     """autoscaling/v2 HPA on CPU utilization of the Deployment."""
-    owner = Owner.from_body(body)
     spec: Obj = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
         "minReplicas": autoscaling.min_replicas,
@@ -401,9 +400,8 @@ def render_hpa(body: Any, autoscaling: api.Autoscaling) -> Obj:
     return _object(HPA, owner, spec)
 
 
-def render_network_policy(body: Any, settings: api.NetworkPolicySettings) -> Obj:
+def render_network_policy(owner: Owner, settings: api.NetworkPolicySettings) -> Obj:
     """Ingress to the server port only from allowFrom (default: pods of the same namespace)."""
-    owner = Owner.from_body(body)
     peers: list[Obj] = (
         [peer.model_dump(by_alias=True, exclude_none=True) for peer in settings.allow_from]
         if settings.allow_from
@@ -420,9 +418,8 @@ def render_network_policy(body: Any, settings: api.NetworkPolicySettings) -> Obj
     )
 
 
-def render_pdb(body: Any) -> Obj:
+def render_pdb(owner: Owner) -> Obj:
     """At most one model pod voluntarily disrupted at a time."""
-    owner = Owner.from_body(body)
     return _object(
         PDB,
         owner,
@@ -438,21 +435,21 @@ class Children:
     unwanted: list[ChildKind]
 
 
-def render_children(body: Any, spec: api.ModelDeploymentSpec, settings: Settings) -> Children:
+def render_children(owner: Owner, spec: api.ModelDeploymentSpec, settings: Settings) -> Children:
     """Every child the spec asks for, in apply order, and the kinds to delete."""
-    wanted = [render_deployment(body, spec, settings), render_service(body)]
+    wanted = [render_deployment(owner, spec, settings), render_service(owner)]
     unwanted: list[ChildKind] = []
     if spec.autoscaling is not None:
-        wanted.append(render_hpa(body, spec.autoscaling))
+        wanted.append(render_hpa(owner, spec.autoscaling))
     else:
         unwanted.append(HPA)
     network = spec.network_policy or api.NetworkPolicySettings()
     if network.enabled:
-        wanted.append(render_network_policy(body, network))
+        wanted.append(render_network_policy(owner, network))
     else:
         unwanted.append(NETWORK_POLICY)
     if max_possible_replicas(spec) > 1:
-        wanted.append(render_pdb(body))
+        wanted.append(render_pdb(owner))
     else:
         unwanted.append(PDB)
     return Children(wanted=wanted, unwanted=unwanted)

@@ -36,6 +36,22 @@ class Settings:
     api_timeout_seconds: float = 30.0
     """Upper bound of one Kubernetes API call, so a reconcile thread never hangs."""
 
+    workers: int = 4
+    """Reconciles running at once (each in its own thread; one per resource at a time)."""
+
+    leader_election: bool = False
+    """Stand by until this process holds the Lease (two replicas, one reconciling)."""
+
+    lease_name: str = "modeldeploy-operator"
+    """Name of the coordination.k8s.io/v1 Lease of the leader election."""
+
+    lease_namespace: str = "modeldeploy-system"
+    """Namespace of that Lease: the operator's own (POD_NAMESPACE in a pod)."""
+
+    resync_seconds: float = 600.0
+    """Period of the full resync of each resource (jittered by 10 %): repairs what a missed
+    watch event hid; writes nothing when nothing differs."""
+
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -84,7 +100,32 @@ def load_settings(
         default=env.get("MODELDEPLOY_CLUSTER_DOMAIN", "cluster.local"),
         help="cluster DNS domain for status.url (env MODELDEPLOY_CLUSTER_DOMAIN)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("MODELDEPLOY_WORKERS", "4")),
+        help="reconciles running at once (env MODELDEPLOY_WORKERS)",
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env.get("MODELDEPLOY_RESYNC_SECONDS", "600")),
+        help="period of the full resync of each resource (env MODELDEPLOY_RESYNC_SECONDS)",
+    )
+    parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("MODELDEPLOY_LEADER_ELECTION", "false").lower() in ("1", "true", "yes"),
+        help="reconcile only while holding the Lease (env MODELDEPLOY_LEADER_ELECTION)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=env.get("POD_NAMESPACE", "modeldeploy-system"),
+        help="namespace of the leader Lease (env POD_NAMESPACE)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.resync_seconds <= 0:
+        parser.error("--workers must be at least 1 and --resync-seconds above 0")
     namespaces = (
         tuple(args.namespaces) if args.namespaces else _csv(env.get("MODELDEPLOY_NAMESPACES", ""))
     )
@@ -95,4 +136,8 @@ def load_settings(
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         cluster_domain=args.cluster_domain,
+        workers=args.workers,
+        leader_election=args.leader_election,
+        lease_namespace=args.lease_namespace,
+        resync_seconds=args.resync_seconds,
     )

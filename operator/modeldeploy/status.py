@@ -12,32 +12,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modeldeploy import api
+from modeldeploy.api import ConditionType, Phase, Reason
 
 Obj = dict[str, Any]
 
-READY = "Ready"
-RECONCILING = "Reconciling"
-STALLED = "Stalled"
-AVAILABLE = "Available"
-CONDITION_TYPES = (READY, RECONCILING, STALLED, AVAILABLE)
+READY = ConditionType.READY
+RECONCILING = ConditionType.RECONCILING
+STALLED = ConditionType.STALLED
+AVAILABLE = ConditionType.AVAILABLE
+MODEL_VERIFIED = ConditionType.MODEL_VERIFIED
+PHASES = tuple(Phase)
 
 # Waiting reasons after which a pod will not start without someone changing something.
-_STUCK_WAITING = {
+_STUCK_WAITING: dict[str, Reason | None] = {
     "CrashLoopBackOff": None,
-    "ImagePullBackOff": "ImagePullFailed",
-    "ErrImagePull": "ImagePullFailed",
-    "InvalidImageName": "ImagePullFailed",
-    "CreateContainerConfigError": "ContainerConfigError",
-    "CreateContainerError": "ContainerConfigError",
+    "ImagePullBackOff": Reason.IMAGE_PULL_FAILED,
+    "ErrImagePull": Reason.IMAGE_PULL_FAILED,
+    "InvalidImageName": Reason.IMAGE_PULL_FAILED,
+    "CreateContainerConfigError": Reason.CONTAINER_CONFIG_ERROR,
+    "CreateContainerError": Reason.CONTAINER_CONFIG_ERROR,
 }
-_CONTAINER_REASON = {"fetch-model": "ModelFetchFailed", "server": "ModelLoadFailed"}
+_CONTAINER_REASON = {"fetch-model": Reason.MODEL_FETCH_FAILED, "server": Reason.MODEL_LOAD_FAILED}
+# The model server's termination message when the artifact's bytes differ from model.digest.
+_DIGEST_MISMATCH = "digest mismatch"
 
 
 @dataclass(frozen=True)
 class PodFailure:
     """Why the model pods cannot start, read from their container statuses."""
 
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -52,7 +56,7 @@ class ApplyFailure:
 
     permanent: bool
     message: str
-    reason: str = "ApplyFailed"
+    reason: Reason = Reason.APPLY_FAILED
 
 
 @dataclass(frozen=True)
@@ -73,28 +77,39 @@ class Observed:
 class Transition:
     """A condition whose status changed: worth a Kubernetes Event."""
 
-    type: str
+    type: ConditionType
     status: str
-    reason: str
+    reason: Reason
     message: str
 
     @property
     def warning(self) -> bool:
         return (self.type == STALLED and self.status == "True") or (
-            self.type == READY and self.status == "False" and self.reason not in _QUIET_REASONS
+            self.type in (READY, MODEL_VERIFIED)
+            and self.status == "False"
+            and self.reason not in _QUIET_REASONS
         )
 
 
-_QUIET_REASONS = {"RollingOut", "Suspended", "ScaledToZero", "Creating", "RolloutPending"}
+_QUIET_REASONS = {
+    Reason.ROLLING_OUT,
+    Reason.SUSPENDED,
+    Reason.SCALED_TO_ZERO,
+    Reason.CREATING,
+    Reason.ROLLOUT_PENDING,
+    Reason.DIGEST_NOT_PINNED,
+}
+
+Wanted = tuple[str, Reason, str]  # status, reason, message
 
 
 @dataclass
 class _Verdict:
-    phase: str
-    ready: tuple[str, str, str]
-    reconciling: tuple[str, str, str] = ("False", "Stable", "")
-    stalled: tuple[str, str, str] = ("False", "NotStalled", "")
-    extra: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    phase: Phase
+    ready: Wanted
+    reconciling: Wanted = ("False", Reason.STABLE, "")
+    stalled: Wanted = ("False", Reason.NOT_STALLED, "")
+    extra: dict[str, Wanted] = field(default_factory=dict)
 
 
 def summarize_pod_failure(pods: Iterable[Mapping[str, Any]]) -> PodFailure | None:
@@ -114,7 +129,7 @@ def summarize_pod_failure(pods: Iterable[Mapping[str, Any]]) -> PodFailure | Non
             terminated = (container.get("lastState") or {}).get("terminated") or {}
             detail = (terminated.get("message") or waiting.get("message") or waiting_reason).strip()
             reason = _STUCK_WAITING[waiting_reason] or _CONTAINER_REASON.get(
-                container.get("name", ""), "ContainerCrashing"
+                container.get("name", ""), Reason.CONTAINER_CRASHING
             )
             return PodFailure(
                 reason=reason,
@@ -149,17 +164,17 @@ def desired_replicas(spec: api.ModelDeploymentSpec | None, deployment: Mapping[s
 def _refused_verdict(refused: ApplyFailure, dep: Mapping[str, Any] | None) -> _Verdict:
     reason = refused.reason
     message = refused.message
-    if reason == "ApplyFailed":
+    if reason == Reason.APPLY_FAILED:
         message = f"applying the children failed: {message}"
     serving = _int(((dep or {}).get("status") or {}).get("availableReplicas")) > 0
     if refused.permanent:
         return _Verdict(
-            phase="Degraded" if serving else "Failed",
+            phase=Phase.DEGRADED if serving else Phase.FAILED,
             ready=("False", reason, message),
             stalled=("True", reason, message),
         )
     return _Verdict(
-        phase="Degraded" if serving else "Progressing",
+        phase=Phase.DEGRADED if serving else Phase.PROGRESSING,
         ready=("False", reason, message),
         reconciling=("True", reason, f"{message} (retrying)"),
     )
@@ -169,18 +184,19 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
     if observed.spec is None:
         message = observed.spec_error or "invalid spec"
         return _Verdict(
-            phase="Failed",
-            ready=("False", "InvalidSpec", message),
-            stalled=("True", "InvalidSpec", message),
+            phase=Phase.FAILED,
+            ready=("False", Reason.INVALID_SPEC, message),
+            stalled=("True", Reason.INVALID_SPEC, message),
         )
     dep = observed.deployment
     if observed.apply_failure is not None:
         return _refused_verdict(observed.apply_failure, dep)
     if dep is None:
+        creating = "creating the model server Deployment"
         return _Verdict(
-            phase="Pending",
-            ready=("False", "Creating", "creating the model server Deployment"),
-            reconciling=("True", "Creating", "creating the model server Deployment"),
+            phase=Phase.PENDING,
+            ready=("False", Reason.CREATING, creating),
+            reconciling=("True", Reason.CREATING, creating),
         )
     st = dep.get("status") or {}
     desired = desired_replicas(observed.spec, dep)
@@ -190,28 +206,28 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
 
     if _int(st.get("observedGeneration")) < _int((dep.get("metadata") or {}).get("generation")):
         return _Verdict(
-            phase="Progressing",
+            phase=Phase.PROGRESSING,
             ready=(
                 "False",
-                "RolloutPending",
+                Reason.ROLLOUT_PENDING,
                 "the Deployment controller has not seen the change yet",
             ),
-            reconciling=("True", "RolloutPending", "waiting for the Deployment controller"),
+            reconciling=("True", Reason.ROLLOUT_PENDING, "waiting for the Deployment controller"),
         )
 
     progressing = _deployment_condition(dep, "Progressing")
     failure = _deployment_condition(dep, "ReplicaFailure")
-    stuck: tuple[str, str] | None = None
+    stuck: tuple[Reason, str] | None = None
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         detail = (
             observed.pod_failure.message if observed.pod_failure else progressing.get("message", "")
         )
         stuck = (
-            "ProgressDeadlineExceeded",
+            Reason.PROGRESS_DEADLINE_EXCEEDED,
             f"rollout made no progress in time ({counts}): {detail}",
         )
     elif failure.get("status") == "True":
-        stuck = ("ReplicaFailure", failure.get("message") or "pods could not be created")
+        stuck = (Reason.REPLICA_FAILURE, failure.get("message") or "pods could not be created")
     elif observed.pod_failure is not None and (
         updated < desired or available < desired or replicas > updated
     ):
@@ -219,131 +235,183 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
     if stuck is not None:
         reason, message = stuck
         return _Verdict(
-            phase="Degraded" if available > 0 else "Failed",
+            phase=Phase.DEGRADED if available > 0 else Phase.FAILED,
             ready=("False", reason, message),
             stalled=("True", reason, message),
         )
 
     if desired == 0:
-        reason = "Suspended" if observed.spec.suspend else "ScaledToZero"
+        reason = Reason.SUSPENDED if observed.spec.suspend else Reason.SCALED_TO_ZERO
         if replicas > 0:
+            left = f"scaling to zero ({replicas} pods left)"
             return _Verdict(
-                phase="Progressing",
-                ready=("False", reason, f"scaling to zero ({replicas} pods left)"),
-                reconciling=("True", "ScalingDown", f"scaling to zero ({replicas} pods left)"),
+                phase=Phase.PROGRESSING,
+                ready=("False", reason, left),
+                reconciling=("True", Reason.SCALING_DOWN, left),
             )
-        return _Verdict(phase="Suspended", ready=("False", reason, "scaled to zero; no pod serves"))
+        return _Verdict(
+            phase=Phase.SUSPENDED, ready=("False", reason, "scaled to zero; no pod serves")
+        )
 
     if updated < desired or replicas > updated:
         return _Verdict(
-            phase="Progressing",
-            ready=("False", "RollingOut", f"rolling out: {counts}"),
-            reconciling=("True", "RollingOut", f"rolling out: {counts}"),
+            phase=Phase.PROGRESSING,
+            ready=("False", Reason.ROLLING_OUT, f"rolling out: {counts}"),
+            reconciling=("True", Reason.ROLLING_OUT, f"rolling out: {counts}"),
         )
     if available < desired:
-        phase = "Degraded" if previous_phase in ("Ready", "Degraded") else "Progressing"
+        phase = (
+            Phase.DEGRADED if previous_phase in (Phase.READY, Phase.DEGRADED) else Phase.PROGRESSING
+        )
         message = f"{available}/{desired} replicas available"
         return _Verdict(
             phase=phase,
-            ready=("False", "ReplicasUnavailable", message),
-            reconciling=("True", "ReplicasUnavailable", message),
+            ready=("False", Reason.REPLICAS_UNAVAILABLE, message),
+            reconciling=("True", Reason.REPLICAS_UNAVAILABLE, message),
         )
     model = observed.spec.model
-    what = model.uri + (f" version {model.version}" if model.version else "")
+    what = api.redact_uri(model.uri) + (f" version {model.version}" if model.version else "")
     return _Verdict(
-        phase="Ready",
-        ready=("True", "ModelServing", f"{available}/{desired} replicas serve {what}"),
+        phase=Phase.READY,
+        ready=("True", Reason.MODEL_SERVING, f"{available}/{desired} replicas serve {what}"),
     )
 
 
+def _model_verified(observed: Observed, phase: Phase, previous: Wanted | None) -> Wanted:
+    """Whether the served bytes are the pinned ones: the server compares model.digest before it
+    deserializes anything, so a replica that serves the current spec has checked them."""
+    spec = observed.spec
+    if spec is None or not spec.model.digest:
+        return (
+            "False",
+            Reason.DIGEST_NOT_PINNED,
+            "spec.model.digest is not set: the artifact's bytes are not checked",
+        )
+    failure = observed.pod_failure
+    if failure is not None and _DIGEST_MISMATCH in failure.message:
+        return ("False", Reason.DIGEST_MISMATCH, failure.message)
+    if phase == Phase.READY:
+        return (
+            "True",
+            Reason.DIGEST_VERIFIED,
+            f"every serving replica checked {spec.model.digest}",
+        )
+    if previous is not None and previous[1] == Reason.DIGEST_VERIFIED:
+        return previous  # still true of the replicas that serve; the rollout says the rest
+    return ("Unknown", Reason.VERIFYING, f"waiting for replicas that checked {spec.model.digest}")
+
+
 def _meaningful(type_: str, status: str, old: Mapping[str, Any] | None) -> bool:
-    """Ready changing (not its first False), Stalled becoming True or clearing: an Event."""
+    """Ready changing (not its first False), Stalled becoming True or clearing, a digest
+    mismatch: an Event."""
     if type_ == READY:
         return old is not None or status == "True"
     if type_ == STALLED:
         return status == "True" or old is not None
+    if type_ == MODEL_VERIFIED:
+        return status == "False" and old is not None
     return False
 
 
 def merge_conditions(
     previous: Sequence[Mapping[str, Any]],
-    wanted: Mapping[str, tuple[str, str, str]],
+    wanted: Mapping[ConditionType, Wanted],
     generation: int,
     now: str,
-) -> tuple[list[Obj], list[Transition]]:
+) -> tuple[list[api.Condition], list[Transition]]:
     """New conditions, keeping lastTransitionTime where the status did not change."""
     before = {str(c.get("type")): c for c in previous}
-    out: list[Obj] = []
+    out: list[api.Condition] = []
     transitions: list[Transition] = []
     for type_, (status, reason, message) in wanted.items():
         old = before.get(type_)
         changed = old is None or old.get("status") != status
         out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now
+            api.Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now
                 if changed or not old
-                else old.get("lastTransitionTime", now),
-                "observedGeneration": generation,
-            }
+                else str(old.get("lastTransitionTime") or now),
+                observed_generation=generation,
+            )
         )
         if changed and _meaningful(type_, status, old):
             transitions.append(Transition(type_, status, reason, message))
     return out, transitions
 
 
+def _previous(conditions: Sequence[Mapping[str, Any]], type_: str) -> Wanted | None:
+    for condition in conditions:
+        if condition.get("type") == type_:
+            try:
+                reason = Reason(str(condition.get("reason")))
+            except ValueError:
+                return None
+            return (str(condition.get("status")), reason, str(condition.get("message", "")))
+    return None
+
+
 def compute_status(
     observed: Observed, previous: Mapping[str, Any] | None, now: str
 ) -> tuple[Obj, list[Transition]]:
-    """The status to write (camelCase, complete), and the condition transitions."""
+    """The status to write (camelCase, complete, validated by the typed model), and the
+    condition transitions."""
     previous = previous or {}
     verdict = _verdict(observed, previous.get("phase"))
     dep_status = (observed.deployment or {}).get("status") or {}
     desired = desired_replicas(observed.spec, observed.deployment) if observed.deployment else 0
     ready_replicas = _int(dep_status.get("readyReplicas"))
     available = _int(dep_status.get("availableReplicas"))
+    old_conditions = previous.get("conditions") or []
 
-    wanted = {
+    wanted: dict[ConditionType, Wanted] = {
         READY: verdict.ready,
         RECONCILING: verdict.reconciling,
         STALLED: verdict.stalled,
-        AVAILABLE: ("True", "MinimumReplicasAvailable", f"{available} replicas serve requests")
+        AVAILABLE: (
+            "True",
+            Reason.MINIMUM_REPLICAS_AVAILABLE,
+            f"{available} replicas serve requests",
+        )
         if available > 0
-        else ("False", "NoReplicasAvailable", "no replica serves requests"),
+        else ("False", Reason.NO_REPLICAS_AVAILABLE, "no replica serves requests"),
+        MODEL_VERIFIED: _model_verified(
+            observed, verdict.phase, _previous(old_conditions, MODEL_VERIFIED)
+        ),
     }
-    conditions, transitions = merge_conditions(
-        previous.get("conditions") or [], wanted, observed.generation, now
-    )
+    conditions, transitions = merge_conditions(old_conditions, wanted, observed.generation, now)
 
-    served = previous.get("model")
-    if verdict.phase == "Ready" and observed.spec is not None:
+    served: api.ServedModel | None = None
+    if verdict.phase == Phase.READY and observed.spec is not None:
         model = observed.spec.model
-        served = {
-            k: v
-            for k, v in {"uri": model.uri, "digest": model.digest, "version": model.version}.items()
-            if v
-        }
-    elif served is None and observed.spec is not None:
-        served = {"uri": observed.spec.model.uri}
+        served = api.ServedModel(
+            uri=api.redact_uri(model.uri), digest=model.digest, version=model.version
+        )
+    elif previous.get("model"):
+        served = api.ServedModel.model_validate(previous["model"])
+        if served.uri:
+            served = served.model_copy(update={"uri": api.redact_uri(served.uri)})
+    elif observed.spec is not None:
+        served = api.ServedModel(uri=api.redact_uri(observed.spec.model.uri))
 
-    status: Obj = {
-        "observedGeneration": observed.generation,
-        "conditions": conditions,
-        "phase": verdict.phase,
-        "replicas": _int(dep_status.get("replicas")),
-        "readyReplicas": ready_replicas,
-        "updatedReplicas": _int(dep_status.get("updatedReplicas")),
-        "availableReplicas": available,
-        "desiredReplicas": desired,
-        "replicaSummary": f"{ready_replicas}/{desired}",
-        "selector": observed.selector,
-        "url": observed.url,
-    }
-    if served:
-        status["model"] = dict(served)
+    typed = api.ModelDeploymentStatus(
+        observed_generation=observed.generation,
+        conditions=conditions,
+        phase=verdict.phase,
+        replicas=_int(dep_status.get("replicas")),
+        ready_replicas=ready_replicas,
+        updated_replicas=_int(dep_status.get("updatedReplicas")),
+        available_replicas=available,
+        desired_replicas=desired,
+        replica_summary=f"{ready_replicas}/{desired}",
+        selector=observed.selector,
+        url=observed.url,
+        model=served,
+    )
+    status: Obj = typed.model_dump(by_alias=True, exclude_none=True, mode="json")
     return status, transitions
 
 

@@ -1,6 +1,6 @@
 """Fixtures and helpers to run the operator in-process against the session's real cluster.
 
-The operator runs as its own ServiceAccount with the ClusterRole from ``manifests/rbac.yaml``
+The operator runs as its own ServiceAccount with the ClusterRole from ``manifests/base/rbac.yaml``
 (a kubeconfig holding a TokenRequest token), so every integration test also proves that the
 RBAC grants what the operator uses.
 """
@@ -84,13 +84,22 @@ def install_crd(cluster: localcluster.Cluster) -> None:
     )
 
 
-def write_operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
-    """Install manifests/rbac.yaml; write a kubeconfig holding a token of the operator's SA."""
+def ensure_operator_namespace(cluster: localcluster.Cluster) -> None:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
     apply_yaml(cluster, yaml.safe_dump(namespace))
-    apply_yaml(cluster, (ROOT / "manifests" / "rbac.yaml").read_text())
+
+
+def write_operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
+    """Install manifests/base/rbac.yaml; write a kubeconfig holding a token of the operator's SA."""
+    ensure_operator_namespace(cluster)
+    apply_yaml(cluster, (ROOT / "manifests" / "base" / "rbac.yaml").read_text())
+    return write_token_kubeconfig(cluster, OPERATOR_SA, path)
+
+
+def write_token_kubeconfig(cluster: localcluster.Cluster, account: str, path: Path) -> Path:
+    """A kubeconfig holding a token of ServiceAccount ``account`` of the operator's namespace."""
     token = cluster.kubectl(
-        "create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE, "--duration=4h"
+        "create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=4h"
     ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     config = {
@@ -119,14 +128,20 @@ def operator_kubeconfig(
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path, server_image: str = SERVER_IMAGE) -> Iterator[KopfRunner]:
-    """The operator in-process (kopf's KopfRunner), authenticated as its ServiceAccount."""
+def running_operator(
+    kubeconfig: Path, server_image: str = SERVER_IMAGE, namespaces: tuple[str, ...] = ()
+) -> Iterator[KopfRunner]:
+    """The operator in-process (kopf's KopfRunner), authenticated as its ServiceAccount;
+    watching ``namespaces`` only when given (as ``--namespace``), else the whole cluster."""
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
-    handlers.configure(Settings(server_image=server_image, metrics_port=0, health_port=0))
+    handlers.configure(
+        Settings(server_image=server_image, metrics_port=0, health_port=0, namespaces=namespaces)
+    )
+    scope = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
     try:
         with KopfRunner(
-            ["run", "--standalone", "--all-namespaces", "-m", "modeldeploy.handlers"],
+            ["run", "--standalone", *scope, "-m", "modeldeploy.handlers"],
             timeout=60,
         ) as runner:
             time.sleep(1.0)  # let the watches start

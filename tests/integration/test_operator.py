@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 import localcluster
 from modeldeploy import api
+from unit.cel_cases import CEL_CASES  # the table the Python twins are tested with
 
 from .operator_support import (
     ROOT,
@@ -243,6 +244,19 @@ def test_api_server_rejects_invalid_specs_naming_the_field(
         caught.value.status == 400 and "unknown field" in str(caught.value.body)
     )
     assert field in str(caught.value.body), caught.value.body
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "message"), [c[1:] for c in CEL_CASES], ids=[c[0] for c in CEL_CASES]
+)
+def test_api_server_refuses_each_cel_case_with_the_rules_message(
+    models: Models, name: str, spec: dict[str, Any], message: str
+) -> None:
+    """The same table as the Python twins' test: both refuse, with the same message."""
+    with pytest.raises(ApiException) as caught:
+        models.create(name, spec)
+    assert caught.value.status == 422, caught.value.body
+    assert message in str(caught.value.body), caught.value.body
 
 
 def test_name_that_cannot_name_a_service_is_rejected(models: Models) -> None:

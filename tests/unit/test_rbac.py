@@ -16,7 +16,7 @@ WATCH = {"list", "watch"}
 
 
 def granted() -> dict[tuple[str, str], set[str]]:
-    docs = list(yaml.safe_load_all(Path(ROOT / "manifests" / "rbac.yaml").read_text()))
+    docs = list(yaml.safe_load_all(Path(ROOT / "manifests" / "base" / "rbac.yaml").read_text()))
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
     out: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
@@ -29,11 +29,11 @@ def granted() -> dict[tuple[str, str], set[str]]:
 def used() -> dict[tuple[str, str], set[str]]:
     """Derived from the code: what render_children can emit or delete, and what kube/kopf call."""
     out: dict[tuple[str, str], set[str]] = {
-        (api.GROUP, api.PLURAL): READ_WATCH | {"patch"},  # kopf watch + progress annotations
+        (api.GROUP, api.PLURAL): WATCH,  # kopf's watch; the parents' cache serves every read
         (api.GROUP, f"{api.PLURAL}/status"): {"patch"},  # Kube.apply_status
         (api.GROUP, f"{api.PLURAL}/finalizers"): {"update"},  # blockOwnerDeletion
         ("", "pods"): {"list"},  # Kube.list_pods
-        ("", "events"): {"create"},  # kopf.event
+        ("", "events"): {"create"},  # Kube.post_event
     }
     # Every kind a spec can render is read before apply to refuse a name someone else's object
     # holds (get), applied (patch, create) and watched for drift (list, watch); kinds that can
@@ -41,7 +41,7 @@ def used() -> dict[tuple[str, str], set[str]]:
     everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
     nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
     for spec in (everything, nothing):
-        children = render.render_children(make_body({}), spec, _settings())
+        children = render.render_children(render.Owner.from_body(make_body({})), spec, _settings())
         for obj in children.wanted:
             group = obj["apiVersion"].rpartition("/")[0]
             # Server-side apply is a PATCH, and the API server also checks create when it
@@ -76,3 +76,39 @@ def test_no_wildcards_and_no_secrets() -> None:
         assert "*" not in resource
         assert "*" not in group
         assert resource != "secrets", "credentials are read by the kubelet, never by the operator"
+
+
+def test_the_lease_role_is_namespaced_and_limited_to_the_operators_lease() -> None:
+    docs = list(yaml.safe_load_all(Path(ROOT / "manifests" / "base" / "rbac.yaml").read_text()))
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    settings = Settings()
+    assert role["metadata"]["namespace"] == settings.lease_namespace
+    rules = {frozenset(rule["verbs"]): rule for rule in role["rules"]}
+    assert set(rules) == {frozenset({"create"}), frozenset({"get", "update"})}
+    assert rules[frozenset({"get", "update"})]["resourceNames"] == [settings.lease_name]
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"]
+        assert rule["resources"] == ["leases"]
+
+
+def test_the_namespaced_install_grants_the_same_rules_in_each_watched_namespace_only() -> None:
+    docs = list(
+        yaml.safe_load_all(
+            Path(ROOT / "manifests" / "namespaced" / "watched-namespace.yaml").read_text()
+        )
+    )
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    cluster = list(yaml.safe_load_all(Path(ROOT / "manifests" / "base" / "rbac.yaml").read_text()))
+    (cluster_role,) = [d for d in cluster if d["kind"] == "ClusterRole"]
+    assert role["rules"] == cluster_role["rules"]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    overlay = (ROOT / "manifests" / "namespaced" / "kustomization.yaml").read_text()
+    assert "kind: ClusterRole\n" in overlay
+    assert "kind: ClusterRoleBinding" in overlay
+    assert overlay.count("$patch: delete") == 2

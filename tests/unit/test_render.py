@@ -19,7 +19,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def _children(spec: dict[str, Any], settings: Settings) -> dict[str, dict[str, Any]]:
     body = make_body(spec)
-    rendered = render.render_children(body, api.parse_spec(spec), settings)
+    rendered = render.render_children(render.Owner.from_body(body), api.parse_spec(spec), settings)
     return {obj["kind"]: obj for obj in rendered.wanted}
 
 
@@ -36,7 +36,9 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 def test_children_match_golden_yaml(sample: str, settings: Settings) -> None:
     body = load_sample(sample)
     body["metadata"].update(namespace="models", uid="0d9a3c1e-0000-4000-8000-000000000001")
-    rendered = render.render_children(body, api.parse_spec(body["spec"]), settings)
+    rendered = render.render_children(
+        render.Owner.from_body(body), api.parse_spec(body["spec"]), settings
+    )
     text = yaml.safe_dump_all(rendered.wanted, sort_keys=True)
     golden = GOLDEN / sample
     if os.environ.get("UPDATE_GOLDEN"):
@@ -83,7 +85,7 @@ def test_hpa_owns_replicas_when_autoscaling(settings: Settings) -> None:
 
 def test_fixed_replicas_default_to_one_and_need_no_pdb_or_hpa(settings: Settings) -> None:
     spec = api.parse_spec({"model": {"uri": "file:///m"}})
-    rendered = render.render_children(make_body({}), spec, settings)
+    rendered = render.render_children(render.Owner.from_body(make_body({})), spec, settings)
     kinds = {obj["kind"] for obj in rendered.wanted}
     assert kinds == {"Deployment", "Service", "NetworkPolicy"}
     assert {kind.kind for kind in rendered.unwanted} == {
@@ -170,12 +172,24 @@ def test_remote_uri_is_fetched_by_an_init_container_that_checks_the_digest(
         "MODEL_URI": uri,
         "MODEL_DEST": "/mnt/models/model",
         "MODEL_DIGEST": digest,
+        "MAX_MODEL_BYTES": str(4 * 2**30),
     }
     assert init["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    (model_volume,) = [v for v in pod["volumes"] if v["name"] == "model"]
+    assert model_volume["emptyDir"] == {"sizeLimit": str(4 * 2**30)}
     server_env = _env(_server(deployment))
     assert server_env["MODEL_URI"] == "file:///mnt/models/model"
     assert server_env["MODEL_DIGEST"] == digest
     assert "envFrom" not in _server(deployment), "credentials reach the download step only"
+
+
+def test_the_download_is_bounded_by_model_max_size_bytes(settings: Settings) -> None:
+    spec = {"model": {"uri": "https://h.example/m.skops", "format": "skops", "maxSizeBytes": 10**6}}
+    pod = _children(spec, settings)["Deployment"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert _env(init)["MAX_MODEL_BYTES"] == "1000000"
+    (model_volume,) = [v for v in pod["volumes"] if v["name"] == "model"]
+    assert model_volume["emptyDir"] == {"sizeLimit": "1000000"}
 
 
 def test_network_policy_defaults_to_same_namespace(settings: Settings) -> None:
@@ -196,7 +210,7 @@ def test_network_policy_allow_from_and_disable(settings: Settings) -> None:
     )["NetworkPolicy"]
     assert policy["spec"]["ingress"][0]["from"] == peers
     spec = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
-    rendered = render.render_children(make_body({}), spec, settings)
+    rendered = render.render_children(render.Owner.from_body(make_body({})), spec, settings)
     assert "NetworkPolicy" not in {obj["kind"] for obj in rendered.wanted}
     assert render.NETWORK_POLICY in rendered.unwanted
 

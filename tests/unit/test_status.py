@@ -274,3 +274,139 @@ def test_a_name_conflict_is_stalled_with_its_own_reason_and_message() -> None:
     assert cond["Stalled"]["status"] == "True"
     assert result["phase"] == "Failed"
     assert any(t.type == "Stalled" and t.warning for t in transitions)
+
+
+PINNED = api.parse_spec(
+    {"model": {"uri": "file:///m.joblib", "digest": "sha256:" + "a" * 64}, "replicas": 3}
+)
+SECRET = api.parse_spec(
+    {
+        "model": {
+            "uri": "https://alice:S3cr3tPass@models.example/m.joblib?X-Amz-Signature=abc123",
+            "format": "skops",
+        },
+        "replicas": 3,
+    }
+)
+
+
+def test_model_verified_follows_the_pinned_digest() -> None:
+    unpinned, _ = status.compute_status(observe(deployment()), None, NOW)
+    assert conditions(unpinned)["ModelVerified"]["status"] == "False"
+    assert conditions(unpinned)["ModelVerified"]["reason"] == "DigestNotPinned"
+
+    verified, _ = status.compute_status(observe(deployment(), spec=PINNED), None, NOW)
+    assert conditions(verified)["ModelVerified"]["status"] == "True"
+    assert conditions(verified)["ModelVerified"]["reason"] == "DigestVerified"
+
+    mismatch = status.PodFailure(
+        reason=api.Reason.MODEL_LOAD_FAILED,
+        message="pod p container server: digest mismatch for /m: expected sha256:aa, got sha256:bb",
+    )
+    rolling = deployment(updated=1, available=3, current=4)
+    failed, transitions = status.compute_status(
+        observe(rolling, spec=PINNED, pod_failure=mismatch), verified, LATER
+    )
+    cond = conditions(failed)["ModelVerified"]
+    assert (cond["status"], cond["reason"]) == ("False", "DigestMismatch")
+    assert "digest mismatch" in cond["message"]
+    assert any(t.type == "ModelVerified" and t.warning for t in transitions)
+
+
+def test_no_secret_of_the_uri_reaches_status_or_events() -> None:
+    result, transitions = status.compute_status(observe(deployment(), spec=SECRET), None, NOW)
+    text = repr(result) + repr(transitions)
+    assert "S3cr3tPass" not in text
+    assert "abc123" not in text
+    assert result["model"]["uri"] == ("https://***@models.example/m.joblib?X-Amz-Signature=***")
+    assert "https://***@models.example/m.joblib" in conditions(result)["Ready"]["message"]
+    # An old status written before redaction existed is redacted on the next write.
+    old = {**result, "model": {"uri": SECRET.model.uri}}
+    rolling = deployment(updated=1, available=3, current=4)
+    again, _ = status.compute_status(observe(rolling, spec=SECRET), old, LATER)
+    assert "S3cr3tPass" not in repr(again)
+
+
+def _every_scenario() -> list[dict[str, Any]]:
+    """Observed states that between them produce every reason the code can write."""
+    stuck = [
+        status.summarize_pod_failure(
+            [
+                {
+                    "metadata": {"name": f"p{i}"},
+                    "status": {
+                        "containerStatuses": [
+                            {"name": container, "state": {"waiting": {"reason": waiting}}}
+                        ]
+                    },
+                }
+            ]
+        )
+        for i, (container, waiting) in enumerate(
+            [
+                ("server", "CrashLoopBackOff"),
+                ("fetch-model", "CrashLoopBackOff"),
+                ("sidecar", "CrashLoopBackOff"),
+                ("server", "ImagePullBackOff"),
+                ("server", "CreateContainerConfigError"),
+            ]
+        )
+    ]
+    failures = [f for f in stuck if f is not None]
+    rolling = deployment(updated=1, available=3, current=4)
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    replica_failure = deployment(updated=1, available=2, current=3)
+    replica_failure["status"]["conditions"].append(
+        {"type": "ReplicaFailure", "status": "True", "message": "quota"}
+    )
+    suspended = api.parse_spec({"model": {"uri": "file:///m"}, "suspend": True})
+    zero = api.parse_spec({"model": {"uri": "file:///m"}, "replicas": 0})
+    observed = [
+        observe(deployment()),
+        observe(deployment(), spec=PINNED),
+        observe(None),
+        observe(deployment(observed=1)),
+        observe(rolling),
+        observe(rolling, spec=PINNED),
+        observe(deployment(available=2)),
+        observe(deployment(available=0, ready=0)),
+        observe(deployment(desired=0, current=0, ready=0, updated=0, available=0), spec=suspended),
+        observe(deployment(desired=0, current=0, ready=0, updated=0, available=0), spec=zero),
+        observe(deployment(desired=0, current=2, updated=0, available=2), spec=zero),
+        observe(deployment(progressing=deadline, updated=1, available=2)),
+        observe(replica_failure),
+        observe(None, spec=None, spec_error="spec.model: Field required"),
+        *(observe(rolling, pod_failure=failure) for failure in failures),
+        observe(
+            rolling,
+            spec=PINNED,
+            pod_failure=status.PodFailure(api.Reason.MODEL_LOAD_FAILED, "digest mismatch for m"),
+        ),
+    ]
+    refused = [
+        status.ApplyFailure(permanent=True, message="quota"),
+        status.ApplyFailure(permanent=True, message="taken", reason=api.Reason.NAME_CONFLICT),
+    ]
+    results = [status.compute_status(o, None, NOW)[0] for o in observed]
+    for failure in refused:
+        o = status.Observed(4, SPEC, None, None, None, "s", "u", apply_failure=failure)
+        results.append(status.compute_status(o, None, NOW)[0])
+    return results
+
+
+def test_the_crd_documents_exactly_the_conditions_and_reasons_the_code_writes() -> None:
+    from modeldeploy import crdgen  # noqa: PLC0415 - only this test needs the generator
+
+    results = _every_scenario()
+    produced_reasons = {c["reason"] for r in results for c in r["conditions"]}
+    produced_types = {c["type"] for r in results for c in r["conditions"]}
+    assert produced_reasons == {str(reason) for reason in api.Reason}
+    assert produced_types == {str(type_) for type_ in api.ConditionType}
+    schema = crdgen.render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    condition = schema["properties"]["status"]["properties"]["conditions"]["items"]["properties"]
+    documented_reasons = condition["reason"]["description"].split(": ", 1)[1].rstrip(".")
+    documented_types = condition["type"]["description"].split(": ", 1)[1].rstrip(".")
+    assert set(documented_reasons.split(", ")) == produced_reasons
+    assert set(documented_types.split(", ")) == produced_types
+    phases = {r["phase"] for r in results}
+    assert phases == {str(phase) for phase in api.Phase}

@@ -1,0 +1,196 @@
+"""Watch events in, reconciles out: the parents' cache, the work queue, resync and Events.
+
+The kopf handlers only hand raw watch events to ``Controller`` on the event loop; reconciles run
+in worker threads (``asyncio.to_thread``), one per resource at a time, with backoff on failure:
+- a ModelDeployment's spec change (generation), creation or first listing: a full pass that
+  reads every child from the API server;
+- a child's event: a pass from the cache (no read at all for an idle resource);
+- a failure (an API error, a refused child, a name conflict): retried with exponential,
+  jittered backoff until the children match; permanent refusals no sooner than
+  ``PERMANENT_RETRY_SECONDS``;
+- an unsettled resource (rolling out, crash-looping pods): looked at again after 5 s to 60 s;
+- every resource: a full resync about every ``resync_seconds`` (jittered), which repairs what a
+  missed watch event hid and writes nothing when nothing differs.
+Nothing is remembered for a resource once its DELETED event arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from modeldeploy import api, metrics, reconcile
+from modeldeploy.kube import KubeError
+from modeldeploy.reconcile import Outcome, Reconciler
+from modeldeploy.workqueue import Backoff, Result, WorkQueue, jittered
+
+logger = logging.getLogger("modeldeploy.controller")
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # namespace, name
+
+COMPONENT = "modeldeploy-operator"
+PERMANENT_RETRY_SECONDS = 15.0
+RECHECK_FIRST, RECHECK_LONGEST = 5.0, 60.0
+SETTLED_PHASES = {api.Phase.READY, api.Phase.SUSPENDED}
+
+
+def _key(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+def _trimmed(body: Obj) -> Obj:
+    """What a pass needs of a ModelDeployment (managedFields are most of its bytes)."""
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    return {"metadata": meta, "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+
+
+class Controller:
+    """One per operator process; every method but ``_pass`` runs on the event loop."""
+
+    def __init__(self, reconciler: Reconciler, *, workers: int = 4, resync_seconds: float = 600.0):
+        self.reconciler = reconciler
+        self.resync_seconds = resync_seconds
+        self.queue: WorkQueue[Key] = WorkQueue(
+            self._process, workers=workers, backoff=Backoff(first=1.0, cap=300.0)
+        )
+        self._parents: dict[Key, Obj] = {}
+        self._full: set[Key] = set()
+        self._last_full: dict[Key, float] = {}
+        self._unsettled: dict[Key, int] = {}
+
+    def start(self) -> None:
+        self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+
+    # --- watch events ----------------------------------------------------------------------
+
+    def parent_event(self, event_type: str | None, body: Obj) -> None:
+        """A ModelDeployment was listed, added, modified or deleted."""
+        metrics.WATCH_EVENTS.labels(kind=api.KIND).inc()
+        key = _key(body)
+        if event_type == "DELETED":
+            self._drop(key, body["metadata"].get("uid", ""))
+            self.report_memory()
+            return
+        before = self._parents.get(key)
+        self._parents[key] = _trimmed(body)
+        meta, old = body.get("metadata") or {}, (before or {}).get("metadata") or {}
+        if (
+            before is None
+            or old.get("uid") != meta.get("uid")
+            or old.get("generation") != meta.get("generation")
+            or bool(old.get("deletionTimestamp")) != bool(meta.get("deletionTimestamp"))
+        ):
+            # Status-only and metadata-only changes (the operator's own status writes among
+            # them) need no pass.
+            self._full.add(key)
+            self.queue.add(key)
+
+    def child_event(self, event_type: str | None, body: Obj) -> None:
+        """A child (Deployment, Service, ...) changed: a pass from the cache if it matters."""
+        metrics.WATCH_EVENTS.labels(kind=str(body.get("kind"))).inc()
+        owner = reconcile.owner_name(body)
+        if owner is None:
+            return
+        key = (body["metadata"].get("namespace", ""), owner)
+        needs_pass = self.reconciler.child_needs_pass(body, deleted=event_type == "DELETED")
+        if needs_pass and key in self._parents:
+            self.queue.add(key)
+
+    def _drop(self, key: Key, uid: str) -> None:
+        self._parents.pop(key, None)
+        self._full.discard(key)
+        self._last_full.pop(key, None)
+        self._unsettled.pop(key, None)
+        self.queue.forget(key)
+        self.reconciler.forget(uid)
+
+    def report_memory(self) -> dict[str, int]:
+        """Sizes of everything held per object, also exported as a gauge."""
+        sizes = {
+            "parents": len(self._parents),
+            "children": len(self.reconciler.children),
+            "queue": len(self.queue),
+            **self.reconciler.remembered(),
+        }
+        for store, size in sizes.items():
+            metrics.REMEMBERED.labels(store=store).set(size)
+        return sizes
+
+    # --- passes ----------------------------------------------------------------------------
+
+    async def _process(self, key: Key) -> Result:
+        body = self._parents.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Result()  # gone, or being garbage-collected with its children
+        now = time.monotonic()
+        full = key in self._full or now - self._last_full.get(key, 0.0) >= self.resync_seconds
+        self._full.discard(key)
+        trigger = "full" if full else "child"
+        try:
+            outcome = await asyncio.to_thread(self._pass, body, full, trigger)
+        except KubeError as error:
+            logger.warning("reconcile of %s/%s failed: %s", *key, error.message)
+            self._full.add(key)
+            return Result(failed=True, retry_at_least=error.retry_after)
+        if full:
+            self._last_full[key] = now
+        self.report_memory()
+        current = self._parents.get(key)
+        if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
+            self.reconciler.forget(body["metadata"].get("uid", ""))  # deleted meanwhile
+            return Result()
+        return self._next(key, outcome)
+
+    def _next(self, key: Key, outcome: Outcome) -> Result:
+        """When to look at the resource again after a pass."""
+        if outcome.apply_error is not None or outcome.name_conflict:
+            self._full.add(key)
+            error = outcome.apply_error
+            permanent = outcome.name_conflict or (error is not None and error.permanent)
+            floor = PERMANENT_RETRY_SECONDS if permanent else 0.0
+            if error is not None:
+                floor = max(floor, error.retry_after)
+            return Result(failed=True, retry_at_least=floor)
+        if outcome.phase in SETTLED_PHASES:
+            self._unsettled.pop(key, None)
+            return Result(requeue_after=jittered(self.resync_seconds))
+        checks = self._unsettled.get(key, 0) + 1
+        self._unsettled[key] = checks
+        return Result(requeue_after=min(RECHECK_LONGEST, RECHECK_FIRST * 2.0 ** (checks - 1)))
+
+    def _pass(self, body: Obj, full: bool, trigger: str) -> Outcome:
+        """One reconcile and its Events (in a worker thread: no kopf context needed)."""
+        outcome = self.reconciler.reconcile(body, full=full, trigger=trigger)
+        meta = body["metadata"]
+        involved = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        }
+        for transition in outcome.transitions:
+            reason = (
+                str(transition.reason)
+                if transition.type == api.ConditionType.READY
+                else f"{transition.type}{transition.status}"
+            )
+            try:
+                self.reconciler.kube.post_event(
+                    involved,
+                    type_="Warning" if transition.warning else "Normal",
+                    reason=reason,
+                    message=f"{transition.type}={transition.status}: {transition.message}",
+                    component=COMPONENT,
+                )
+            except KubeError as error:
+                logger.warning("cannot post an Event for %s/%s: %s", *_key(body), error.message)
+        return outcome

@@ -1,0 +1,110 @@
+"""The reconciler alone (no kopf, no watch), as the operator's ServiceAccount, to stage what a
+watch can miss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubernetes import client, config
+
+from modeldeploy.kube import Kube
+from modeldeploy.reconcile import Reconciler
+from modeldeploy.settings import Settings
+
+from .operator_support import (
+    SERVER_IMAGE,
+    Models,
+    children,
+    crd_installed,  # noqa: F401 - fixture
+    operator_kubeconfig,  # noqa: F401 - fixture
+    wait_for,
+)
+
+FILE_MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
+
+
+def _reconciler(kubeconfig: Path) -> Reconciler:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    settings = Settings(server_image=SERVER_IMAGE, metrics_port=0, health_port=0)
+    return Reconciler(Kube(settings, configuration), settings)
+
+
+def test_a_missed_deletion_never_lets_the_operator_take_over_a_users_object(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    models = Models(api_client, namespace)
+    reconciler = _reconciler(operator_kubeconfig)
+    models.create("stale", {"model": FILE_MODEL, "replicas": 1})
+    first = reconciler.reconcile(models.get("stale"))
+    assert "Service" in first.changed
+
+    # The DELETED event of the operator's Service is missed (a watch restart), and a user's
+    # Service of the same name appears in between.
+    models.core.delete_namespaced_service("stale", namespace)
+    models.core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="stale", labels={"team": "web"}),
+            spec=client.V1ServiceSpec(
+                selector={"app": "web"}, ports=[client.V1ServicePort(port=80, target_port=8080)]
+            ),
+        ),
+    )
+
+    def untouched() -> None:
+        service = models.core.read_namespaced_service("stale", namespace)
+        assert service.spec.selector == {"app": "web"}
+        assert not service.metadata.owner_references
+        assert service.metadata.labels == {"team": "web"}
+
+    # A pass from memory alone writes nothing it has not checked...
+    fast = reconciler.reconcile(models.get("stale"), full=False)
+    assert "Service" not in fast.changed
+    untouched()
+    # ...and the resync reads the API server, finds the name taken and refuses it.
+    resync = reconciler.reconcile(models.get("stale"), full=True)
+    assert resync.name_conflict
+    assert resync.changed == []
+    untouched()
+    stalled = models.condition("stale", "Stalled")
+    assert stalled is not None
+    assert (stalled["status"], stalled["reason"]) == ("True", "NameConflict")
+    reconciler.kube.close()
+
+
+def test_an_idle_resource_costs_no_write(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """A resync of a resource that matches its spec reads, and writes nothing."""
+    models = Models(api_client, namespace)
+    reconciler = _reconciler(operator_kubeconfig)
+    models.create("idle", {"model": FILE_MODEL, "replicas": 2})
+    reconciler.reconcile(models.get("idle"))
+    wait_for(
+        "the rollout",
+        lambda: (d := models.deployment("idle")) is not None and d.status.available_replicas == 2,
+    )
+    reconciler.reconcile(models.get("idle"))  # status catches up with the rollout
+    versions = {
+        kind: [item.metadata.resource_version for item in items]
+        for kind, items in _children(api_client, namespace).items()
+    }
+    for _ in range(3):
+        outcome = reconciler.reconcile(models.get("idle"), full=True)
+        assert not outcome.did_something, outcome
+    assert versions == {
+        kind: [item.metadata.resource_version for item in items]
+        for kind, items in _children(api_client, namespace).items()
+    }
+    reconciler.kube.close()
+
+
+def _children(api_client: client.ApiClient, namespace: str) -> dict[str, list[object]]:
+    return children(api_client, namespace, "idle")
