@@ -3,6 +3,8 @@
 Every worker opens its own listening socket with SO_REUSEPORT, so the kernel spreads connections
 over the workers without a proxy process. The model is loaded in a thread so that liveness and
 readiness (503) answer during a long load (the probes' own port, in the supervisor, answers too).
+A worker that restarts while another one serves starts listening only once its model is loaded, so
+that the kernel never hands it requests it would refuse.
 
 On SIGTERM readiness turns 503 and every answer says `Connection: close`; requests arriving on
 open connections are still served. After the drain delay the listener closes, and the worker exits
@@ -128,7 +130,13 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
         log.error(reason)
         termination.write_reason(reason, config.termination_log)
         return EXIT_BIND_FAILED
-    server = await loop.create_server(http.new_connection, sock=sock, backlog=2048)
+    # Nothing serves yet (the server starts): listen at once, answering probes while loading.
+    listen_first = not readiness.ready
+    server = await loop.create_server(
+        http.new_connection, sock=sock, backlog=2048, start_serving=listen_first
+    )
+    if listen_first:
+        readiness.mark_listening(index)
     flushing = _Every(loop, FLUSH_INTERVAL_SECONDS, metrics.flush)
 
     stop = asyncio.Event()
@@ -168,21 +176,30 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
             return EXIT_LOAD_FAILED
         plane.set_runtime(model)
         _settle(config.workers)
+        await server.start_serving()
         readiness.mark_loaded(index)
         _log_loaded(config.model_name, index, model.info)
     await stopping
 
-    log.info("draining", extra={"worker": index, "delay_seconds": drain_delay})
-    if drain_delay > 0:
-        await asyncio.sleep(drain_delay)
-    server.close()
-    clean = await http.wait_closed(config.graceful_timeout_seconds)
+    clean = await _drain(server, http, drain_delay, config.graceful_timeout_seconds, index)
     flushing.cancel()
     metrics.flush()
     if not loading.done():
         log.info("stopped before the model was loaded", extra={"worker": index})
     log.info("stopped", extra={"worker": index, "clean": clean})
     return EXIT_OK
+
+
+async def _drain(
+    server: asyncio.AbstractServer, http: HttpServer, delay: float, timeout: float, index: int
+) -> bool:
+    """Keeps accepting for the drain delay, then waits for the connections to close; True if they
+    all did within `timeout`."""
+    log.info("draining", extra={"worker": index, "delay_seconds": delay})
+    if delay > 0:
+        await asyncio.sleep(delay)
+    server.close()
+    return await http.wait_closed(timeout)
 
 
 def _log_loaded(name: str, index: int, info: ModelInfo) -> None:
