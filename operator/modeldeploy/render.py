@@ -25,6 +25,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 SERVER_PORT = 8080
+HEALTH_PORT = 8081  # the server's probe listener (in its supervisor, apart from inference)
 SERVICE_PORT = 80
 SERVER_UID = 65532
 MODEL_DIR = "/mnt/models"
@@ -37,7 +38,11 @@ DEFAULT_RESOURCES: Obj = {
 }
 DEFAULT_MAX_MODEL_BYTES = 4 * 2**30  # the fetcher's own default (MAX_MODEL_BYTES)
 PRESTOP_SLEEP_SECONDS = 5
-TERMINATION_GRACE_SECONDS = 30
+# The server's own shutdown after SIGTERM: drain delay (2 s), in-flight requests (20 s), workers
+# stopped (5 s); the grace period covers the preStop pause, that, and a margin, so the kubelet
+# never kills a pod that is still answering.
+SERVER_SHUTDOWN_SECONDS = 2 + 20 + 5
+TERMINATION_GRACE_SECONDS = PRESTOP_SLEEP_SECONDS + SERVER_SHUTDOWN_SECONDS + 5
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ def max_possible_replicas(spec: api.ModelDeploymentSpec) -> int:
 
 def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> Obj:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "health"},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -280,13 +285,20 @@ def render_deployment(owner: Owner, spec: api.ModelDeploymentSpec, settings: Set
         "env": [
             *_model_env(owner, spec.model, placement.served_uri),
             {"name": "PORT", "value": str(SERVER_PORT)},
+            {"name": "HEALTH_PORT", "value": str(HEALTH_PORT)},
             {"name": "WORKERS", "value": str(server_workers(resources))},
         ],
-        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+        ],
+        # Probes go to the supervisor's own listener: a worker busy with inference never makes
+        # the kubelet restart the pod or take it out of the Service.
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        # Big models load slowly: allow up to 10 minutes before liveness starts counting.
-        "startupProbe": _probe("/v2/health/live", period=5, failures=120),
+        # Started means the model is loaded (liveness answers during the load); big models load
+        # slowly, so up to 10 minutes before liveness starts counting.
+        "startupProbe": _probe("/v2/health/ready", period=5, failures=120),
         "resources": resources,
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",

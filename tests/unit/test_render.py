@@ -118,11 +118,20 @@ def test_probes_rollout_and_graceful_shutdown(settings: Settings) -> None:
         {"model": {"uri": "file:///m"}, "rollout": {"progressDeadlineSeconds": 120}}, settings
     )["Deployment"]
     server = _server(deployment)
-    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert "startupProbe" in server
-    assert server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "health"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health"}
+    # Started = the model is loaded; liveness answers while it loads, so it would mean nothing.
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "health"}
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert _env(server)["HEALTH_PORT"] == "8081"
+    prestop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert prestop > 0
+    # preStop, then the server's drain (2 s), in-flight requests (20 s) and worker stop (5 s).
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > prestop + 2 + 20 + 5
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
     assert deployment["spec"]["progressDeadlineSeconds"] == 120
