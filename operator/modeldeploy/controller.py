@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modeldeploy import api, metrics, reconcile
@@ -35,6 +36,9 @@ COMPONENT = "modeldeploy-operator"
 PERMANENT_RETRY_SECONDS = 15.0
 RECHECK_FIRST, RECHECK_LONGEST = 5.0, 60.0
 SETTLED_PHASES = {api.Phase.READY, api.Phase.SUSPENDED}
+# Pods are listed (to explain a rollout that is stuck) once a resource has been unsettled this
+# long: a rollout that is merely starting needs no list per Deployment event.
+INSPECT_PODS_AFTER = RECHECK_FIRST
 
 
 def _key(obj: Obj) -> Key:
@@ -58,16 +62,20 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(
             self._process, workers=workers, backoff=Backoff(first=1.0, cap=300.0)
         )
+        # Reconciles block on the synchronous client: threads of their own, one per worker.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._parents: dict[Key, Obj] = {}
         self._full: set[Key] = set()
         self._last_full: dict[Key, float] = {}
         self._unsettled: dict[Key, int] = {}
+        self._unsettled_since: dict[Key, float] = {}
 
     def start(self) -> None:
         self.queue.start()
 
     async def stop(self) -> None:
         await self.queue.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- watch events ----------------------------------------------------------------------
 
@@ -109,6 +117,7 @@ class Controller:
         self._full.discard(key)
         self._last_full.pop(key, None)
         self._unsettled.pop(key, None)
+        self._unsettled_since.pop(key, None)
         self.queue.forget(key)
         self.reconciler.forget(uid)
 
@@ -134,8 +143,12 @@ class Controller:
         full = key in self._full or now - self._last_full.get(key, 0.0) >= self.resync_seconds
         self._full.discard(key)
         trigger = "full" if full else "child"
+        inspect_pods = now - self._unsettled_since.get(key, now) >= INSPECT_PODS_AFTER
+        loop = asyncio.get_running_loop()
         try:
-            outcome = await asyncio.to_thread(self._pass, body, full, trigger)
+            outcome = await loop.run_in_executor(
+                self._executor, self._pass, body, full, trigger, inspect_pods
+            )
         except KubeError as error:
             logger.warning("reconcile of %s/%s failed: %s", *key, error.message)
             self._full.add(key)
@@ -161,14 +174,18 @@ class Controller:
             return Result(failed=True, retry_at_least=floor)
         if outcome.phase in SETTLED_PHASES:
             self._unsettled.pop(key, None)
+            self._unsettled_since.pop(key, None)
             return Result(requeue_after=jittered(self.resync_seconds))
+        self._unsettled_since.setdefault(key, time.monotonic())
         checks = self._unsettled.get(key, 0) + 1
         self._unsettled[key] = checks
         return Result(requeue_after=min(RECHECK_LONGEST, RECHECK_FIRST * 2.0 ** (checks - 1)))
 
-    def _pass(self, body: Obj, full: bool, trigger: str) -> Outcome:
+    def _pass(self, body: Obj, full: bool, trigger: str, inspect_pods: bool) -> Outcome:
         """One reconcile and its Events (in a worker thread: no kopf context needed)."""
-        outcome = self.reconciler.reconcile(body, full=full, trigger=trigger)
+        outcome = self.reconciler.reconcile(
+            body, full=full, trigger=trigger, inspect_pods=inspect_pods
+        )
         meta = body["metadata"]
         involved = {
             "apiVersion": api.API_VERSION,

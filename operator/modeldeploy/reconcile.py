@@ -244,8 +244,11 @@ class Reconciler:
         applied = self._applied.get((owner or "", str(child.get("kind"))))
         return applied is None or applied[1] != fingerprint(child)
 
-    def reconcile(self, body: Obj, *, full: bool = True, trigger: str = "spec") -> Outcome:
-        """One pass; ``full`` reads every child from the API server instead of the cache.
+    def reconcile(
+        self, body: Obj, *, full: bool = True, trigger: str = "spec", inspect_pods: bool = True
+    ) -> Outcome:
+        """One pass; ``full`` reads every child from the API server instead of the cache;
+        ``inspect_pods`` lists the pods of a rollout that is not done, to explain it.
 
         Raises KubeError when the status cannot be read or written; a child that cannot be
         applied is reported in status and in ``Outcome.apply_error`` instead.
@@ -254,7 +257,7 @@ class Reconciler:
         meta = body["metadata"]
         try:
             with self._lock(meta["uid"]):
-                outcome = self._reconcile(body, full=full)
+                outcome = self._reconcile(body, full=full, inspect_pods=inspect_pods)
         except Exception:
             metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
             raise
@@ -290,7 +293,7 @@ class Reconciler:
         for phase, count in counts.items():
             metrics.RESOURCES.labels(phase=phase).set(count)
 
-    def _reconcile(self, body: Obj, *, full: bool) -> Outcome:
+    def _reconcile(self, body: Obj, *, full: bool, inspect_pods: bool) -> Outcome:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         owner = render.Owner(name=name, namespace=namespace, uid=uid)
@@ -324,7 +327,7 @@ class Reconciler:
             deployment = None  # someone else's: its rollout says nothing about this resource
 
         pod_failure = None
-        if deployment is not None and not self._rolled_out(deployment):
+        if inspect_pods and deployment is not None and not self._rolled_out(deployment):
             pods = self.kube.list_pods(namespace, render.selector_string(owner))
             pod_failure = status.summarize_pod_failure(pods)
 
@@ -372,18 +375,19 @@ class Reconciler:
 
     def _live_fingerprint(
         self, kind: render.ChildKind, owner: render.Owner, *, full: bool
-    ) -> tuple[str | None, Obj | None]:
-        """The child's fingerprint if this resource controls it, and the object when read."""
+    ) -> tuple[str | None, Obj | None, bool]:
+        """The child's fingerprint if this resource controls it, the object, and whether it
+        was read from the API server (a full pass reads; otherwise the cache answers)."""
         if full:
             live = self.kube.get(kind, owner.namespace, owner.name)
             if live is None:
-                return None, None
+                return None, None, True
             self.children.observe(live)
-            return (fingerprint(live) if controller_uid(live) == owner.uid else None), live
+            return (fingerprint(live) if controller_uid(live) == owner.uid else None), live, True
         cached = self.children.get(kind, owner.namespace, owner.name)
         if cached is None or cached.controller != owner.uid:
-            return None, None
-        return cached.fingerprint, None
+            return None, None, False
+        return cached.fingerprint, None, False
 
     def _apply_children(
         self, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome, *, full: bool
@@ -394,10 +398,10 @@ class Reconciler:
         # Ownership is read from the API server before anything is written.
         checked: list[_Pending] = []
         for item in pending:
-            live = item.live or self.kube.get(item.kind, owner.namespace, owner.name)
+            live = item.live if item.read else self.kube.get(item.kind, owner.namespace, owner.name)
             if live is not None and controller_uid(live) != owner.uid:
                 raise NameConflictError(item.kind.kind, owner.namespace, owner.name)
-            checked.append(_Pending(item.wanted, item.kind, item.digest, live))
+            checked.append(_Pending(item.wanted, item.kind, item.digest, live, read=True))
         for item in checked:
             applied = self._write(item, spec, owner, outcome)
             if item.kind == render.DEPLOYMENT:
@@ -416,13 +420,13 @@ class Reconciler:
         for obj in wanted:
             kind = render.child_kind(obj["kind"])
             digest = _digest(obj)
-            live_fp, live = self._live_fingerprint(kind, owner, full=full)
+            live_fp, live, read = self._live_fingerprint(kind, owner, full=full)
             applied = self._applied.get((owner.uid, kind.kind))
             if live_fp is not None and applied == (digest, live_fp):
                 if kind == render.DEPLOYMENT:
                     deployment = live
                 continue
-            pending.append(_Pending(obj, kind, digest, live))
+            pending.append(_Pending(obj, kind, digest, live, read))
         return pending, deployment
 
     def _write(
@@ -470,9 +474,11 @@ class Reconciler:
 
 @dataclass(frozen=True)
 class _Pending:
-    """A child to write: as rendered, its digest, and the live object if it was read."""
+    """A child to write: as rendered, its digest, and the live object (None: absent, when
+    ``read``; unknown otherwise)."""
 
     wanted: Obj
     kind: render.ChildKind
     digest: str
     live: Obj | None
+    read: bool
