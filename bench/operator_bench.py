@@ -2,8 +2,13 @@
 
 Measured in one run, against a peer of the same work:
 
-- apply -> Ready time for 1 and for N ModelDeployments, against the same number of bare
-  Deployments with the identical pod template applied directly (ratio ours / bare);
+- apply -> Ready time for 1 and for N ModelDeployments (default 2,000), against the same number
+  of bare Deployments with the identical pod template applied directly (ratio ours / bare);
+  the controller-manager's and scheduler's client limits are raised (LOCALCLUSTER_KUBE_API_QPS,
+  default 200 here) so that the control plane's own pacing does not hide the operator's;
+- the operator's own throughput in the large scenario: time from the first create to every
+  child applied, reconciles per second, API requests per resource and per child watch event,
+  and the reads of a ModelDeployment it made (0: the parent comes from its watch cache);
 - API writes during the steady state after Ready: the operator's own write counter and the
   number of ModelDeployments and children whose resourceVersion moved (target: 0 per minute);
 - the operator process's peak RSS.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -30,7 +36,7 @@ from typing import Any
 from kubernetes import client, config
 
 import localcluster
-from localcluster import kwokconfig
+from localcluster import components, kwokconfig
 from modeldeploy import api, render
 from modeldeploy.settings import Settings
 
@@ -39,7 +45,8 @@ IMAGE = "modeldeploy/modelserver:bench"
 MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
 # Small requests: 2 x N pods must fit on the fake nodes' 8 CPUs each.
 SPEC = {"model": MODEL, "replicas": 1, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}
-EXTRA_NODES = 8
+PODS_PER_NODE = 110  # kwokconfig.node_manifest
+DEFAULT_QPS = "200"
 
 
 def _free_port() -> int:
@@ -65,17 +72,48 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _operator_writes(metrics_port: int) -> float:
+def _metric(metrics_port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
         .read()
         .decode()
     )
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("modeldeploy_api_writes_total{")
-    )
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, _, value = line.rpartition(" ")
+            if all(label in series for label in wanted):
+                total += float(value)
+    return total
+
+
+def _answers(metrics_port: int) -> bool:
+    try:
+        _metric(metrics_port, "modeldeploy_api_writes_total")
+    except OSError:
+        return False
+    return True
+
+
+def _operator_writes(metrics_port: int) -> float:
+    return _metric(metrics_port, "modeldeploy_api_writes_total")
+
+
+def _counters(metrics_port: int) -> dict[str, float]:
+    return {
+        "reconciles": _metric(metrics_port, "modeldeploy_reconciles_total"),
+        "requests": _metric(metrics_port, "modeldeploy_api_requests_total"),
+        "parent_reads": _metric(
+            metrics_port, "modeldeploy_api_requests_total", verb="GET", kind=api.KIND
+        ),
+        "child_events": _metric(metrics_port, "modeldeploy_watch_events_total")
+        - _metric(metrics_port, "modeldeploy_watch_events_total", kind=api.KIND),
+        "deployments_applied": _metric(
+            metrics_port, "modeldeploy_api_writes_total", kind="Deployment", verb="apply"
+        ),
+    }
 
 
 @contextmanager
@@ -95,7 +133,7 @@ def _operator(kubeconfig: Path, log: Path, metrics_port: int) -> Iterator[subpro
             stderr=subprocess.STDOUT,
         )
         try:
-            time.sleep(2)
+            _wait("the operator's metrics endpoint", lambda: _answers(metrics_port), timeout=120)
             yield proc
         finally:
             proc.terminate()
@@ -141,7 +179,9 @@ class Run:
         started = time.monotonic()
         for i in range(count):
             body = {"metadata": {"name": f"bare-{i}", "namespace": namespace, "uid": "x"}}
-            deployment = render.render_deployment(render.Owner.from_body(body), spec, Settings(server_image=IMAGE))
+            deployment = render.render_deployment(
+                render.Owner.from_body(body), spec, Settings(server_image=IMAGE)
+            )
             del deployment["metadata"]["ownerReferences"]
             self.apps.create_namespaced_deployment(namespace, deployment)
 
@@ -151,11 +191,18 @@ class Run:
                 (d.status.available_replicas or 0) == 1 for d in items
             )
 
-        _wait("bare Deployments available", all_available, timeout=600)
+        _wait("bare Deployments available", all_available, timeout=1800)
         return time.monotonic() - started
 
-    def models(self, count: int, namespace: str) -> float:
-        """Apply ``count`` ModelDeployments; time until every one is Ready."""
+    def models(
+        self, count: int, namespace: str, metrics_port: int | None = None
+    ) -> tuple[float, float | None]:
+        """Apply ``count`` ModelDeployments; seconds until every one is Ready, and (with the
+        operator's metrics port) until the operator had applied every Deployment."""
+        applied_before = (
+            _counters(metrics_port)["deployments_applied"] if metrics_port is not None else 0.0
+        )
+        applied_at: list[float] = []
         started = time.monotonic()
         for i in range(count):
             body = {
@@ -169,6 +216,10 @@ class Run:
             )
 
         def all_ready() -> bool:
+            if metrics_port is not None and not applied_at:
+                applied = _counters(metrics_port)["deployments_applied"] - applied_before
+                if applied >= count:
+                    applied_at.append(time.monotonic() - started)
             items = self.custom.list_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.PLURAL
             )["items"]
@@ -180,8 +231,8 @@ class Run:
                 for item in items
             )
 
-        _wait("ModelDeployments Ready", all_ready, timeout=900)
-        return time.monotonic() - started
+        _wait("ModelDeployments Ready", all_ready, timeout=1800)
+        return time.monotonic() - started, (applied_at[0] if applied_at else None)
 
     def versions(self, namespace: str) -> dict[str, str]:
         """resourceVersion of every ModelDeployment and child in ``namespace``."""
@@ -199,17 +250,38 @@ class Run:
         return out
 
 
+def _steady_state(run: Run, namespace: str, metrics_port: int, seconds: float) -> dict[str, Any]:
+    """Writes and moved resourceVersions while nothing changes, in one namespace."""
+    before, writes_before = run.versions(namespace), _operator_writes(metrics_port)
+    time.sleep(seconds)
+    after, writes_after = run.versions(namespace), _operator_writes(metrics_port)
+    moved = sum(1 for key, version in after.items() if before.get(key) != version)
+    per_minute = (writes_after - writes_before) * 60 / seconds
+    resources = sum(1 for key in after if key.startswith("mdep/"))
+    print(
+        f"steady state over {seconds:.0f}s: {per_minute:.2f} operator writes/min "
+        f"({per_minute / resources:.4f} per resource), {moved}/{len(after)} objects changed"
+    )
+    return {
+        "operator_writes_per_minute": round(per_minute, 2),
+        "writes_per_resource_per_minute": round(per_minute / resources, 4),
+        "objects_whose_resourceVersion_moved": moved,
+        "objects_watched": len(after),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench operator", description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="50 resources and a 20 s steady window"
     )
     parser.add_argument(
-        "--count", type=int, default=None, help="resources in the large scenario (default 500)"
+        "--count", type=int, default=None, help="resources in the large scenario (default 2000)"
     )
     parser.add_argument("--steady-seconds", type=float, default=None)
     args = parser.parse_args(argv)
-    count = args.count or (50 if args.quick else 500)
+    count = args.count or (50 if args.quick else 2000)
+    os.environ.setdefault(components.QPS_ENV, DEFAULT_QPS)
     steady = args.steady_seconds or (20.0 if args.quick else 60.0)
 
     out_dir = ROOT / ".bench"
@@ -217,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     cluster = localcluster.Cluster(root=out_dir / "operator-cluster")
     cluster.down()
     cluster.up()
-    results: dict[str, Any] = {"count": count, "steady_seconds": steady}
+    results: dict[str, Any] = {
+        "count": count,
+        "steady_seconds": steady,
+        "controller_kube_api_qps": os.environ[components.QPS_ENV],
+    }
     try:
         cluster.kubectl(
             "apply",
@@ -229,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "wait", "--for=condition=Established", "crd/modeldeployments.serving.modeldeploy.io"
         )
         run = Run(cluster)
-        run.add_nodes(EXTRA_NODES)
+        # Both scenarios' pods run at once: room for 2 x N, beside the 2 nodes of the cluster.
+        run.add_nodes(max(1, math.ceil(2 * count / PODS_PER_NODE) - 2 + 1))
         metrics_port = _free_port()
         with _operator(cluster.kubeconfig, out_dir / "operator-bench.log", metrics_port) as proc:
             for n in (1, count):
@@ -238,7 +315,23 @@ def main(argv: list[str] | None = None) -> int:
                 bares, ours_ = [], []
                 for r in range(rounds):
                     bares.append(run.bare(n, run.namespace(f"bare-{n}-{r}")))
-                    ours_.append(run.models(n, run.namespace(f"md-{n}-{r}")))
+                    before = _counters(metrics_port)
+                    took, applied = run.models(n, run.namespace(f"md-{n}-{r}"), metrics_port)
+                    ours_.append(took)
+                if n == count:
+                    after = _counters(metrics_port)
+                    delta = {key: after[key] - before[key] for key in after}
+                    results["operator"] = {
+                        "seconds_until_every_child_applied": round(applied or float("nan"), 2),
+                        "reconciles_per_second": round(delta["reconciles"] / took, 1),
+                        "api_requests_per_resource": round(delta["requests"] / n, 2),
+                        "api_requests_per_child_event": round(
+                            delta["requests"] / max(delta["child_events"], 1), 3
+                        ),
+                        "child_events": int(delta["child_events"]),
+                        "parent_reads": int(delta["parent_reads"]),
+                    }
+                    print(f"operator at {n}: {json.dumps(results['operator'])}")
                 bare, ours = statistics.median(bares), statistics.median(ours_)
                 results[f"ready_seconds_{n}"] = {
                     "bare": round(bare, 2),
@@ -251,22 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"ModelDeployments {ours:7.2f}s, ratio {ours / bare:.2f} (median of {rounds})"
                 )
             time.sleep(5)  # let the last events settle
-            namespace = f"md-{count}-0"
-            before, writes_before = run.versions(namespace), _operator_writes(metrics_port)
-            time.sleep(steady)
-            after, writes_after = run.versions(namespace), _operator_writes(metrics_port)
-            moved = sum(1 for key, version in after.items() if before.get(key) != version)
-            per_minute = (writes_after - writes_before) * 60 / steady
-            results["steady_state"] = {
-                "operator_writes_per_minute": round(per_minute, 2),
-                "writes_per_resource_per_minute": round(per_minute / count, 4),
-                "objects_whose_resourceVersion_moved": moved,
-                "objects_watched": len(after),
-            }
-            print(
-                f"steady state over {steady:.0f}s: {per_minute:.2f} operator writes/min "
-                f"({per_minute / count:.4f} per resource), {moved}/{len(after)} objects changed"
-            )
+            results["steady_state"] = _steady_state(run, f"md-{count}-0", metrics_port, steady)
             results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
             print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
     except Exception:
