@@ -1,4 +1,4 @@
-"""The operator installed as users install it: `kubectl apply -k manifests/`, running as a pod.
+"""The operator installed as users install it: `kubectl apply -k manifests/`, running as pods.
 
 The operator image is built from `operator/Dockerfile` (buildah, on the local Debian base) and
 runs under the Deployment, ServiceAccount and RBAC of `manifests/`: in the namespace that
@@ -6,11 +6,13 @@ manifest puts under Pod Security `restricted`, with the security context it sets
 read-only root filesystem, no capabilities), reaching the API server in-cluster through the
 `kubernetes` Service with its ServiceAccount token. One adjustment, as a user's overlay would
 make it: it watches only the test's namespace, so it is the only operator reconciling what
-the test creates (this module has no in-process operator).
+the test creates (this module has no in-process operator). Two replicas run; the Lease
+``modeldeploy-operator`` says which one leads.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,13 +26,15 @@ from .support import ROOT, Models, http_json, wait_for, wait_routed
 
 SYSTEM = "modeldeploy-system"
 OPERATOR = "modeldeploy-operator"
+SELECTOR = "app.kubernetes.io/name=modeldeploy,app.kubernetes.io/component=operator"
+REPLICAS = 2
 
 
 @pytest.fixture
 def installed(
     cluster: localcluster.Cluster, api_client: client.ApiClient, namespace: str
-) -> Iterator[client.V1Pod]:
-    """The manifests applied, adjusted for this cluster; yields the running operator pod."""
+) -> Iterator[list[client.V1Pod]]:
+    """The manifests applied, adjusted for this cluster; yields the running operator pods."""
     docs = list(yaml.safe_load_all(cluster.kubectl("kustomize", str(ROOT / "manifests")).stdout))
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -40,28 +44,26 @@ def installed(
         "apply", "--server-side", "--field-manager=e2e", "-f", "-", input=yaml.safe_dump_all(docs)
     )
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
-    selector = "app.kubernetes.io/name=modeldeploy,app.kubernetes.io/component=operator"
+    selector = SELECTOR
 
-    def running() -> client.V1Pod | None:
+    def running() -> list[client.V1Pod] | None:
         dep = apps.read_namespaced_deployment(OPERATOR, SYSTEM)
         if dep.status.observed_generation != dep.metadata.generation:
             return None
-        pods = [
+        pods = _live_pods(core)
+        ready = [
             pod
-            for pod in core.list_namespaced_pod(SYSTEM, label_selector=selector).items
-            if pod.metadata.deletion_timestamp is None
+            for pod in pods
+            if pod.status.container_statuses and pod.status.container_statuses[0].ready
         ]
-        if len(pods) != 1 or not pods[0].status.container_statuses:
-            return None
-        (status,) = pods[0].status.container_statuses
-        return pods[0] if status.ready and dep.status.updated_replicas == 1 else None
+        return ready if len(ready) == REPLICAS == len(pods) else None
 
     try:
         try:
-            pod = wait_for("the operator pod running", running, timeout=120)
+            pods = wait_for("the operator pods running", running, timeout=180)
         except AssertionError as error:
             raise AssertionError(f"{error}\n{_describe(core, selector)}") from None
-        yield pod
+        yield pods
     finally:
         try:
             apps.delete_namespaced_deployment(OPERATOR, SYSTEM)
@@ -73,6 +75,24 @@ def installed(
             lambda: not core.list_namespaced_pod(SYSTEM, label_selector=selector).items,
             timeout=60,
         )
+
+
+def _live_pods(core: client.CoreV1Api) -> list[client.V1Pod]:
+    return [
+        pod
+        for pod in core.list_namespaced_pod(SYSTEM, label_selector=SELECTOR).items
+        if pod.metadata.deletion_timestamp is None
+    ]
+
+
+def _leader(api_client: client.ApiClient) -> str | None:
+    """Name of the pod holding the Lease (identities are ``modeldeploy@<pod>_<suffix>``)."""
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(OPERATOR, SYSTEM)
+    except ApiException:
+        return None
+    holder = lease.spec.holder_identity or ""
+    return holder.removeprefix("modeldeploy@").rpartition("_")[0] or None
 
 
 def _describe(core: client.CoreV1Api, selector: str) -> str:
@@ -92,9 +112,10 @@ def _describe(core: client.CoreV1Api, selector: str) -> str:
 
 
 def test_the_operator_from_manifests_runs_restricted_and_serves_a_model(
-    installed: client.V1Pod, api_client: client.ApiClient, namespace: str
+    installed: list[client.V1Pod], api_client: client.ApiClient, namespace: str
 ) -> None:
-    pod = installed
+    leader = wait_for("a leader", lambda: _leader(api_client), timeout=60)
+    (pod,) = [p for p in installed if p.metadata.name == leader]
     (container,) = pod.spec.containers
     assert container.image == "modeldeploy/operator:0.1.0"
     assert pod.spec.service_account_name == OPERATOR
@@ -132,3 +153,39 @@ def test_the_operator_from_manifests_runs_restricted_and_serves_a_model(
         .status.container_statuses
     )
     assert status.restart_count == 0, "the operator restarted while it worked"
+
+
+def test_killing_the_leader_while_resources_are_created_loses_none(
+    installed: list[client.V1Pod], api_client: client.ApiClient, namespace: str
+) -> None:
+    """SIGKILL (a forced delete with no grace) of the leader mid-creation: the standby leads
+    once the Lease expires, every resource becomes Ready, and no child was written by two
+    writers in conflicting ways (each Deployment still at generation 1, one Apply manager)."""
+    core = client.CoreV1Api(api_client)
+    first = wait_for("a leader", lambda: _leader(api_client), timeout=60)
+    models = Models(api_client, namespace)
+    names = [f"burst-{i}" for i in range(6)]
+    spec = {
+        "model": {"uri": "file:///opt/models/iris/model.joblib"},
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+    }
+    for name in names[:3]:
+        models.create(name, spec)
+    core.delete_namespaced_pod(first, SYSTEM, grace_period_seconds=0)
+    killed = time.monotonic()
+    for name in names[3:]:
+        models.create(name, spec)
+    second = wait_for(
+        "a new leader", lambda: (lead := _leader(api_client)) != first and lead, timeout=60
+    )
+    print(f"new leader {second} {time.monotonic() - killed:.1f}s after the kill")
+    for name in names:
+        models.wait_condition(name, "Ready", timeout=240)
+    for name in names:
+        deployment = models.deployment(name)
+        assert deployment is not None
+        assert deployment.metadata.generation == 1, f"{name} rewritten"
+        appliers = {f.manager for f in deployment.metadata.managed_fields if f.operation == "Apply"}
+        assert appliers == {"modeldeploy"}
+        (ref,) = deployment.metadata.owner_references
+        assert ref.uid == models.get(name)["metadata"]["uid"]
