@@ -250,6 +250,43 @@ class Run:
         return out
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _churn(run: Run, metrics_port: int, pid: int, cycles: int) -> dict[str, Any]:
+    """Create and delete ModelDeployments ``cycles`` times (10 at a time): the operator's RSS
+    after the first tenth and at the end, and what it still remembers once all are gone."""
+    namespace = run.namespace("churn")
+    stores = ("parents", "phases", "written", "applied", "locks", "children")
+    before = {s: _metric(metrics_port, "modeldeploy_remembered_objects", store=s) for s in stores}
+    body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "spec": {**SPEC, "replicas": 0}}
+    samples: dict[int, float] = {}
+    for start in range(0, cycles, 10):
+        names = [f"c-{i}" for i in range(start, min(start + 10, cycles))]
+        for name in names:
+            run.custom.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, {**body, "metadata": {"name": name}}
+            )
+        for name in names:
+            run.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name
+            )
+        done = start + len(names)
+        if done in (cycles // 10, cycles):
+            samples[done] = round(_rss_mib(pid), 1)
+
+    def remembered() -> dict[str, float]:
+        return {s: _metric(metrics_port, "modeldeploy_remembered_objects", store=s) for s in stores}
+
+    _wait("every churned resource forgotten", lambda: remembered() == before, timeout=300)
+    print(f"churn of {cycles}: RSS {samples} MiB; memory stores back to {before}")
+    return {"cycles": cycles, "rss_mib_after": samples, "remembered_before_and_after": before}
+
+
 def _steady_state(run: Run, namespace: str, metrics_port: int, seconds: float) -> dict[str, Any]:
     """Writes and moved resourceVersions while nothing changes, in one namespace."""
     before, writes_before = run.versions(namespace), _operator_writes(metrics_port)
@@ -279,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         "--count", type=int, default=None, help="resources in the large scenario (default 2000)"
     )
     parser.add_argument("--steady-seconds", type=float, default=None)
+    parser.add_argument(
+        "--churn", type=int, default=1000, help="create/delete cycles of the memory check"
+    )
     args = parser.parse_args(argv)
     count = args.count or (50 if args.quick else 2000)
     os.environ.setdefault(components.QPS_ENV, DEFAULT_QPS)
@@ -346,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # let the last events settle
             results["steady_state"] = _steady_state(run, f"md-{count}-0", metrics_port, steady)
             results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+            if args.churn:
+                results["churn"] = _churn(run, metrics_port, proc.pid, args.churn)
             print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
     except Exception:
         cluster.down(keep_logs=True)

@@ -108,9 +108,12 @@ class Controller:
         if owner is None:
             return
         key = (body["metadata"].get("namespace", ""), owner)
-        needs_pass = self.reconciler.child_needs_pass(body, deleted=event_type == "DELETED")
+        deleted = event_type == "DELETED"
+        needs_pass = self.reconciler.child_needs_pass(body, deleted=deleted)
         if needs_pass and key in self._parents:
             self.queue.add(key)
+        if deleted:
+            self.report_memory()
 
     def _drop(self, key: Key, uid: str) -> None:
         self._parents.pop(key, None)
