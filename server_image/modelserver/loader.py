@@ -23,7 +23,7 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from modelserver import digest, forest, runtime
+from modelserver import digest, forest, linear, runtime
 from modelserver.errors import ModelLoadError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -182,9 +182,12 @@ def load(
     load_seconds = time.perf_counter() - started
     model_class, n_features, classes, classifier, methods = runtime.describe(estimator)
     dtypes, shapes = runtime.warm_up(estimator, n_features, methods)
-    fast = forest.for_estimator(estimator)
-    if fast is not None and not forest.verified(fast, estimator):
-        fast = None
+    trees = forest.for_estimator(estimator)
+    fast: runtime.FastPath | None = (
+        trees if trees is not None and forest.verified(trees, estimator) else None
+    )
+    if fast is None:
+        fast = _linear_path(estimator)
     info = runtime.ModelInfo(
         model_class=model_class,
         n_features=n_features,
@@ -201,3 +204,11 @@ def load(
         fast_path=fast is not None,
     )
     return runtime.SklearnRuntime(estimator, info, fast)
+
+
+def _linear_path(estimator: Any) -> linear.LinearPath | None:
+    """The verified fast path of a logistic regression (after scalers), or None."""
+    path = linear.for_estimator(estimator)
+    if path is None or not linear.verified(path, estimator):
+        return None
+    return path

@@ -20,6 +20,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -191,17 +192,23 @@ def test_forests_get_a_fast_path_with_exactly_sklearns_answers(forest: Any, tmp_
     else:
         features, target = load_diabetes(return_X_y=True)
     forest.fit(features, target)
-    joblib.dump(forest, tmp_path / "forest.joblib")
-    model = loader.load(str(tmp_path / "forest.joblib"), "joblib", None)
-    assert model.info.fast_path
     rng = np.random.default_rng(0)
     rows = features[rng.integers(0, len(features), 300)] + rng.normal(
         0, 0.05, (300, features.shape[1])
     )
-    for method in model.info.methods:
+    _assert_fast_path_answers_as_sklearn(forest, tmp_path / "forest.joblib", rows)
+
+
+def _assert_fast_path_answers_as_sklearn(model: Any, path: Path, rows: np.ndarray) -> None:
+    """Saved and loaded, `model` gets a fast path whose answers are scikit-learn's to the last
+    bit, for one row, a few and many."""
+    joblib.dump(model, path)
+    served = loader.load(str(path), "joblib", None)
+    assert served.info.fast_path
+    for method in served.info.methods:
         for batch in (rows[:1], rows[:7], rows):
-            got = model.run(method, batch)
-            expected = getattr(forest, method)(batch)
+            got = served.run(method, batch)
+            expected = getattr(model, method)(batch)
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
 
@@ -218,5 +225,47 @@ def test_forest_fast_path_leaves_non_finite_input_to_sklearn(models: Models) -> 
         model.run("predict", rows)
 
 
-def test_models_without_a_forest_have_no_fast_path(models: Models) -> None:
-    assert not loader.load(str(models.path("iris.joblib")), "joblib", None).info.fast_path
+def test_models_without_a_forest_or_logistic_regression_have_no_fast_path(
+    models: Models,
+) -> None:
+    assert not loader.load(str(models.path("regressor.joblib")), "joblib", None).info.fast_path
+
+
+@pytest.mark.parametrize(
+    ("model", "labels"),
+    [
+        (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), "multiclass"),
+        (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), "names"),
+        (make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), "binary"),
+        (LogisticRegression(max_iter=2000), "binary"),
+        (
+            make_pipeline(StandardScaler(), StandardScaler(with_mean=False), LogisticRegression()),
+            "multiclass",
+        ),
+    ],
+    ids=lambda value: (
+        value if isinstance(value, str) else "+".join(type(step).__name__ for step in _steps(value))
+    ),
+)
+def test_logistic_regressions_get_a_fast_path_with_exactly_sklearns_answers(
+    model: Any, labels: str, tmp_path: Path
+) -> None:
+    """Scalers and the regression computed without scikit-learn's per-call checks."""
+    target = {
+        "multiclass": load_iris().target,
+        "names": load_iris().target_names[load_iris().target],
+        "binary": load_iris().target == 1,
+    }[labels]
+    model.fit(IRIS_X, target)
+    rng = np.random.default_rng(1)
+    rows = IRIS_X[rng.integers(0, len(IRIS_X), 300)] * rng.normal(1, 0.3, (300, 4))
+    _assert_fast_path_answers_as_sklearn(model, tmp_path / "linear.joblib", rows)
+
+
+def test_linear_fast_path_leaves_non_finite_input_to_sklearn(models: Models) -> None:
+    model = loader.load(str(models.path("iris.joblib")), "joblib", None)
+    assert model.info.fast_path
+    rows = IRIS_X[:2].copy()
+    rows[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.run("predict", rows)
