@@ -7,7 +7,9 @@ three servers load. The models and payloads are deterministic (fixed seeds).
 Request bodies are files with one JSON body per line. The single-row file holds
 64 bodies, one per held-out row, which the wrk scripts send in turn; the 64-row
 file holds one body with those same 64 rows. So the answer to every request the
-load sends is known, and no server gains from seeing one row over and over.
+load sends is known, and no server gains from seeing one row over and over. The
+attack file holds one body of 4096 rows (the 64 repeated), which the non-reading
+attackers of the "under attack" scenario send.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 DATASET = "sklearn.datasets.load_breast_cancer"
 BATCH_ROWS = 64
+ATTACK_ROWS = 4096  # rows of each request the non-reading attackers send (bench.server.attack)
 SEED = 0
 
 
@@ -121,9 +124,11 @@ def prepare(workdir: Path) -> tuple[list[BenchModel], Payloads]:
     for protocol, make in (("v1", v1_body), ("v2", v2_body)):
         # json writes floats with repr(), which reads back to the same doubles, and
         # puts no newline inside a body.
+        many = (rows * (ATTACK_ROWS // len(rows) + 1))[:ATTACK_ROWS]
         bodies = {
             "single": [json.dumps(make([row])) for row in rows],
             "batch64": [json.dumps(make(rows))],
+            "attack": [json.dumps(make(many))],
         }
         for shape, lines in bodies.items():
             path = payload_dir / f"{protocol}-{shape}.jsonl"

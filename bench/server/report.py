@@ -226,3 +226,78 @@ def targets_table(rows_in: list[dict[str, Any]]) -> str:
         },
         left=3,
     )
+
+
+def attack_line(r: dict[str, Any]) -> str:
+    """What the attackers of one run saw, in one line."""
+    return (
+        f"attack: slow headers {r['atk_slow_headers_opened']} opened / "
+        f"{r['atk_slow_headers_closed']} closed by the server; non-readers "
+        f"{r['atk_non_readers_requests']} requests ({r['atk_non_readers_mb_sent']} MB) on "
+        f"{r['atk_non_readers_opened']} connections, {r['atk_non_readers_closed']} closed; giant "
+        f"bodies {r['atk_giant_bodies_opened']} opened, {r['atk_giant_bodies_mb_sent']} MB sent, "
+        f"{r['atk_giant_bodies_closed']} closed{_statuses(r.get('attack'))}; server RSS "
+        f"{fmt(r['rss_before_attack_mb'], 0)} -> peak {fmt(r['rss_peak_attack_mb'], 0)} MB; "
+        f"ready after: {'yes' if r['ready_after_attack'] else 'NO'}"
+    )
+
+
+def _statuses(attack: dict[str, Any] | None) -> str:
+    """The status codes the attackers were answered with, e.g. ` (answers: 413 x2)`."""
+    if not attack:
+        return ""
+    seen: dict[str, int] = {}
+    for stats in attack["kinds"].values():
+        for code, count in stats["statuses"].items():
+            seen[code] = seen.get(code, 0) + count
+    if not seen:
+        return ""
+    return " (answers: " + ", ".join(f"{c} x{n}" for c, n in sorted(seen.items())) + ")"
+
+
+def attack_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model, server and protocol of an attack scenario: its run without the
+    attackers ("<name> off") next to its run with them ("<name> on")."""
+    out = []
+    for on in summary:
+        scenario = on["scenario"]
+        if not scenario.endswith(" on"):
+            continue
+        base = scenario[: -len(" on")]
+        off = find(
+            summary,
+            scenario=base + " off",
+            server=on["server"],
+            protocol=on["protocol"],
+            model=on["model"],
+        )
+        if off is None:
+            continue
+        out.append({"scenario": base, "off": off, "on": on, **{k: on[k] for k in KEY[:1]}})
+    return out
+
+
+def attack_table(rows_in: list[dict[str, Any]]) -> str:
+    return columns_table(
+        rows_in,
+        {
+            "model": lambda r: r["model"],
+            "server": lambda r: r["on"]["server"],
+            "proto": lambda r: r["on"]["protocol"],
+            "req/s calm": lambda r: fmt(r["off"]["rps"], 0),
+            "req/s attacked": lambda r: fmt(r["on"]["rps"], 0),
+            "kept": lambda r: fmt_ratio(_div(r["on"]["rps"], r["off"]["rps"])),
+            "p99 ms calm": lambda r: fmt(r["off"]["p99_ms"], 2),
+            "p99 ms attacked": lambda r: fmt(r["on"]["p99_ms"], 2),
+            "errors attacked": lambda r: str(r["on"]["errors"]),
+            "RSS peak MB": lambda r: fmt(r["on"].get("rss_peak_attack_mb"), 0),
+            "atk closed": lambda r: "{}/{}/{}".format(
+                *(
+                    fmt(r["on"].get(f"atk_{kind}_closed"), 0)
+                    for kind in ("slow_headers", "non_readers", "giant_bodies")
+                )
+            ),
+            "ready after": lambda r: "yes" if r["on"].get("ready_after_attack") else "NO",
+        },
+        left=3,
+    )

@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from bench.server import attack as attack_module
 from bench.server import loadgen, models, report, servers, venvs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +34,13 @@ class Scenario:
     shape: str  # payload: single | batch64
     rows: int
     connections: int
+    # Measured twice, without and then with hostile connections active (bench.server.attack):
+    # recorded as "<name> off" and "<name> on".
+    attack: bool = False
+
+    def labels(self) -> list[str]:
+        """The scenario names its runs are recorded under."""
+        return [f"{self.name} off", f"{self.name} on"] if self.attack else [self.name]
 
 
 SCENARIOS = (
@@ -39,7 +48,9 @@ SCENARIOS = (
     Scenario("single-c8", "single", 1, 8),
     Scenario("single-c64", "single", 1, 64),
     Scenario("batch64-c8", "batch64", models.BATCH_ROWS, 8),
+    Scenario("attack-c8", "single", 1, 8, attack=True),
 )
+ATTACK_LEAD_S = 1.0  # the attackers connect this long before the load starts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -191,6 +202,7 @@ def measure(
     protocol: str,
     scenario: Scenario,
     payloads: models.Payloads,
+    attacked: bool = False,
 ) -> dict[str, Any]:
     body = payloads.body(protocol, scenario.shape)
     common = {
@@ -202,21 +214,47 @@ def measure(
         "connections": scenario.connections,
         "threads": args.wrk_threads,
     }
-    if args.warmup > 0:
-        loadgen.run_wrk(duration_s=args.warmup, **common)
-    busy0, srv0, self0 = _cpu_busy_seconds(), server.cpu_seconds(), _self_cpu_seconds()
-    t0 = time.monotonic()
-    res = loadgen.run_wrk(duration_s=args.duration, **common)
-    wall = time.monotonic() - t0
-    busy1, srv1, self1 = _cpu_busy_seconds(), server.cpu_seconds(), _self_cpu_seconds()
+    rss_before = server.sample_memory()
+    attacker = None
+    if attacked:
+        attacker = _start_attack(args, server, protocol, payloads)
+        time.sleep(ATTACK_LEAD_S)
+    try:
+        if args.warmup > 0:
+            loadgen.run_wrk(duration_s=args.warmup, **common)
+        busy0, srv0, self0 = _cpu_busy_seconds(), server.cpu_seconds(), _self_cpu_seconds()
+        attack_cpu0 = _tree_cpu_seconds(attacker)
+        sampler = _PeakRss(server) if attacked else None
+        t0 = time.monotonic()
+        res = loadgen.run_wrk(duration_s=args.duration, **common)
+        wall = time.monotonic() - t0
+        rss_peak = sampler.stop() if sampler is not None else None
+        busy1, srv1, self1 = _cpu_busy_seconds(), server.cpu_seconds(), _self_cpu_seconds()
+        attack_cpu = _tree_cpu_seconds(attacker) - attack_cpu0
+    finally:
+        attack = _finish_attack(attacker)
     server_cpu = max(srv1 - srv0, 0.0)
-    other = (busy1 - busy0) - server_cpu - res.wrk_cpu_s - (self1 - self0)
+    other = (busy1 - busy0) - server_cpu - res.wrk_cpu_s - (self1 - self0) - attack_cpu
     lat = res.latency_us
+    extra: dict[str, Any] = {}
+    if attacked:
+        extra = {
+            "attack": attack,
+            **_attack_counts(attack),
+            "attack_cpu_cores": attack_cpu / wall,
+            "rss_before_attack_mb": rss_before / MB,
+            "rss_peak_attack_mb": None if rss_peak is None else rss_peak / MB,
+            # Whether the server still answered its readiness check once the attackers left.
+            "ready_after_attack": servers.http_get_status(
+                server.base_url + servers.READY_PATH, timeout=5.0
+            )
+            == 200,
+        }
     return {
         "server": server.kind.key,
         "protocol": protocol,
         "model": server.model.name,
-        "scenario": scenario.name,
+        "scenario": scenario.labels()[-1] if attacked else scenario.labels()[0],
         "rows_per_request": scenario.rows,
         "connections": scenario.connections,
         "rps": res.ok_rps,
@@ -239,17 +277,114 @@ def measure(
         "wrk_cpu_cores": res.wrk_cpu_s / wall,
         "other_cpu_cores": max(other, 0.0) / wall,
         "loadavg_1m_after": os.getloadavg()[0],
+        **extra,
     }
+
+
+def _attack_counts(attack: dict[str, Any] | None) -> dict[str, int]:
+    """The attackers' figures as flat numbers (the summary keeps numbers only)."""
+    if attack is None:
+        return {}
+    kinds = attack["kinds"]
+    out: dict[str, int] = {}
+    for kind in ("slow_headers", "non_readers", "giant_bodies"):
+        stats = kinds[kind]
+        out[f"atk_{kind}_opened"] = int(stats["opened"])
+        out[f"atk_{kind}_closed"] = int(stats["closed_by_server"])
+        out[f"atk_{kind}_mb_sent"] = round(stats["bytes_sent"] / MB)
+    out["atk_non_readers_requests"] = int(kinds["non_readers"]["requests_sent"])
+    return out
+
+
+def _inference_path(protocol: str, model_name: str) -> str:
+    if protocol == "v1":
+        return f"/v1/models/{model_name}:predict"
+    return f"/v2/models/{model_name}/infer"
+
+
+def _start_attack(
+    args: argparse.Namespace,
+    server: servers.ServerProcess,
+    protocol: str,
+    payloads: models.Payloads,
+) -> subprocess.Popen[str]:
+    """The hostile connections (bench.server.attack), in a process of their own, for the lead-in,
+    the warmup and the measured run."""
+    seconds = ATTACK_LEAD_S + args.warmup + args.duration + 2.0
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.server.attack",
+        "--port",
+        str(server.launch.port),
+        "--path",
+        _inference_path(protocol, server.model.name),
+        "--body",
+        str(payloads.body(protocol, "attack")),
+        "--seconds",
+        f"{seconds:g}",
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+
+
+def _finish_attack(attacker: subprocess.Popen[str] | None) -> dict[str, Any] | None:
+    """The attackers' own account (connections, bytes, statuses seen), once they are done."""
+    if attacker is None:
+        return None
+    try:
+        out, err = attacker.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        attacker.kill()
+        out, err = attacker.communicate()
+    line = next((ln for ln in out.splitlines() if ln.startswith(attack_module.RESULT_PREFIX)), None)
+    if line is None:
+        raise RuntimeError(f"the attack process failed (exit {attacker.returncode}): {err[-2000:]}")
+    result: dict[str, Any] = json.loads(line[len(attack_module.RESULT_PREFIX) :])
+    return result
+
+
+def _tree_cpu_seconds(proc: subprocess.Popen[str] | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = psutil.Process(proc.pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+class _PeakRss:
+    """Samples the server's process-tree RSS every 0.2 s until stopped; returns the peak."""
+
+    def __init__(self, server: servers.ServerProcess) -> None:
+        self._server = server
+        self._peak = server.rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="attack-rss", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._peak = max(self._peak, self._server.rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return max(self._peak, self._server.rss_bytes())
 
 
 def _print_run(r: dict[str, Any]) -> None:
     print(
-        f"    {r['server']:<8} {r['protocol']} {r['scenario']:<11} {r['rps']:>9,.0f} req/s  "
+        f"    {r['server']:<8} {r['protocol']} {r['scenario']:<13} {r['rps']:>9,.0f} req/s  "
         f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
         f"(server {r['server_cpu_cores']:.2f} cores, wrk {r['wrk_cpu_cores']:.2f}, "
         f"other {r['other_cpu_cores']:.2f})",
         flush=True,
     )
+    if r.get("attack"):
+        print(f"      {report.attack_line(r)}", flush=True)
 
 
 @dataclass
@@ -385,20 +520,24 @@ def _measure_into(
     try:
         if not server.alive():
             raise servers.StartError(f"{server.kind.key} died; log:\n{server.log_tail()}")
-        run = measure(
-            args=args,
-            wrk=wrk,
-            server=server,
-            protocol=protocol,
-            scenario=scenario,
-            payloads=payloads,
-        )
+        for attacked in (False, True) if scenario.attack else (False,):
+            run = measure(
+                args=args,
+                wrk=wrk,
+                server=server,
+                protocol=protocol,
+                scenario=scenario,
+                payloads=payloads,
+                attacked=attacked,
+            )
+            run["round"] = round_no
+            runs.append(run)
+            _print_run(run)
+            if attacked and not server.alive():
+                raise servers.StartError(f"{server.kind.key} died under attack")
     except (servers.StartError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         _fail(live, exc)
         return
-    run["round"] = round_no
-    runs.append(run)
-    _print_run(run)
 
 
 def environment(
@@ -469,6 +608,14 @@ def _print_summary(result: dict[str, Any]) -> None:
     print()
     print("Throughput and latency (req/s counts answers without an error status)")
     print(report.runs_table(result["summary"]))
+    attacked = report.attack_rows(result["summary"])
+    if attacked:
+        print()
+        print(
+            "Under attack: well-behaved clients (wrk, 1 row, c=8) without and with hostile "
+            "connections (8 slow headers, 4 non-readers, 2 giant bodies)"
+        )
+        print(report.attack_table(attacked))
     print()
     print("Start-up and memory (sums over each server's process tree)")
     print(report.servers_table(result["servers"]))
@@ -574,7 +721,9 @@ def run(argv: list[str]) -> int:
         "servers": server_infos,
         "runs": runs,
         "summary": report.summarize(runs),
-        "ratios": report.ratios(valid, [m.name for m in chosen_models], scenario_names),
+        "ratios": report.ratios(
+            valid, [m.name for m in chosen_models], [n for s in scenarios for n in s.labels()]
+        ),
         "targets": report.targets(valid),
     }
     _print_summary(result)
