@@ -282,7 +282,14 @@ def _churn(run: Run, metrics_port: int, pid: int, cycles: int) -> dict[str, Any]
     def remembered() -> dict[str, float]:
         return {s: _metric(metrics_port, "modeldeploy_remembered_objects", store=s) for s in stores}
 
-    _wait("every churned resource forgotten", lambda: remembered() == before, timeout=300)
+    try:
+        _wait("every churned resource forgotten", lambda: remembered() == before, timeout=300)
+    except TimeoutError:
+        after = remembered()
+        differ = {s: (before[s], after[s]) for s in stores if before[s] != after[s]}
+        raise TimeoutError(
+            f"stores not back to where they were (before, after): {differ}"
+        ) from None
     print(f"churn of {cycles}: RSS {samples} MiB; memory stores back to {before}")
     return {"cycles": cycles, "rss_mib_after": samples, "remembered_before_and_after": before}
 

@@ -148,21 +148,28 @@ class Controller:
         trigger = "full" if full else "child"
         inspect_pods = now - self._unsettled_since.get(key, now) >= INSPECT_PODS_AFTER
         loop = asyncio.get_running_loop()
+        outcome: Outcome | KubeError
         try:
             outcome = await loop.run_in_executor(
                 self._executor, self._pass, body, full, trigger, inspect_pods
             )
         except KubeError as error:
-            logger.warning("reconcile of %s/%s failed: %s", *key, error.message)
+            outcome = error
+        uid = body["metadata"].get("uid", "")
+        current = self._parents.get(key)
+        if current is None or current["metadata"].get("uid") != uid:
+            # Deleted while the pass ran (its writes may have failed on that, or landed after
+            # the DELETED event dropped the resource's memory): forget it now, for good.
+            self.reconciler.forget(uid)
+            self.report_memory()
+            return Result()
+        if isinstance(outcome, KubeError):
+            logger.warning("reconcile of %s/%s failed: %s", *key, outcome.message)
             self._full.add(key)
-            return Result(failed=True, retry_at_least=error.retry_after)
+            return Result(failed=True, retry_at_least=outcome.retry_after)
         if full:
             self._last_full[key] = now
         self.report_memory()
-        current = self._parents.get(key)
-        if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
-            self.reconciler.forget(body["metadata"].get("uid", ""))  # deleted meanwhile
-            return Result()
         return self._next(key, outcome)
 
     def _next(self, key: Key, outcome: Outcome) -> Result:

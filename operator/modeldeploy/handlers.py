@@ -107,7 +107,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
-        controller.reconciler.kube.close()
+        controller.reconciler.close()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
