@@ -7,6 +7,8 @@ ValueError), so that a bad value is named instead of being silently coerced.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -34,15 +36,44 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 def to_array(data: object, field: str) -> np.ndarray:
-    """Any nested list of numbers as a numpy array of the type numpy infers."""
+    """Any nested list of numbers as a numpy array of the type numpy infers.
+
+    A large list is converted in slices of about `SLICE_VALUES` values, and a thread other than
+    the event loop's lets the loop run between slices: one `np.array` call on a 4096-row request
+    holds the interpreter for milliseconds, during which the loop could answer nobody. Slices
+    whose dtype is not numeric are left to one conversion of the whole list, so that the
+    outcome (and the error named) is the same as without slicing.
+    """
     if not isinstance(data, list):
         raise BadRequestError(f"{field!r} must be a list, got {_json_type(data)}")
     try:
-        return np.array(data)
+        first = data[0] if data else None
+        step = max(1, SLICE_VALUES // (len(first) if isinstance(first, list) and first else 1))
+        if len(data) <= step:
+            return np.array(data)
+        return _sliced_array(data, step)
     except (ValueError, TypeError):
         raise BadRequestError(
             f"ragged {field!r}: every row must have the same number of values"
         ) from None
+
+
+SLICE_VALUES = 32768
+
+
+def _sliced_array(data: list[Any], step: int) -> np.ndarray:
+    """`np.array(data)`, made slice by slice, yielding the interpreter between slices when off
+    the main thread."""
+    yielding = threading.current_thread() is not threading.main_thread()
+    parts = []
+    for start in range(0, len(data), step):
+        part = np.array(data[start : start + step])
+        if part.dtype.kind not in "biuf":
+            return np.array(data)
+        parts.append(part)
+        if yielding:
+            time.sleep(0)  # lets a waiting event loop take the interpreter
+    return np.concatenate(parts)
 
 
 def check_numeric(array: np.ndarray, field: str, *, allow_bool: bool = False) -> None:

@@ -19,6 +19,7 @@ import gc
 import logging
 import signal
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -243,5 +244,6 @@ def _settle(workers: int) -> None:
     out of the garbage collector's way (it lives as long as the process)."""
     if workers > 1:
         threadpoolctl.threadpool_limits(limits=1)
+    sys.setswitchinterval(0.0005)
     gc.collect()
     gc.freeze()

@@ -299,3 +299,43 @@ def test_too_many_waiting_requests_get_503_with_retry_after(
     expected = {"predictions": models.slow.predict(rows).tolist()}
     assert all(body == expected for _, _, body in served)
     assert post_json(port, V1, v1_body(rows)).status == 200
+
+
+def _large_rows(last: object) -> list[list[object]]:
+    """12,000 good iris rows (48,000 values: converted in slices, decoded off the loop) and then
+    `last`."""
+    rows: list[list[object]] = np.tile(IRIS_X, (80, 1)).tolist()
+    return [*rows, last]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("last", "words", "v2_words"),
+    [
+        ([5.1, 3.5, 1.4, "x"], "non-numeric", "non-numeric"),
+        ([5.1, 3.5, None, 0.2], "non-numeric", "non-numeric"),
+        ([5.1, 3.5], "ragged", "needs 48004 values"),
+        ([[5.1, 3.5, 1.4, 0.2]], "ragged", "ragged"),
+    ],
+    ids=["string", "null", "short-row", "nested-row"],
+)
+def test_large_requests_are_checked_like_small_ones(
+    servers: dict[str, ServerProcess], models: Models, last: object, words: str, v2_words: str
+) -> None:
+    """A bad value in the last row of a large request is found and named, on both protocols
+    (the iris model again, on a server with the default body limit)."""
+    port = servers["skops"].port
+    v1 = post_json(port, V1, {"instances": _large_rows(last)})
+    assert v1.status == 400
+    assert words in v1.json()["error"]
+    flat = [value for row in _large_rows(last) for value in row]
+    v2 = post_json(
+        port,
+        V2,
+        {"inputs": [{"name": "x", "shape": [12001, 4], "datatype": "FP64", "data": flat}]},
+    )
+    assert v2.status == 400
+    assert v2_words in v2.json()["error"]
+    good = np.tile(IRIS_X, (80, 1))
+    answer = post_json(port, V1, v1_body(good))
+    assert answer.status == 200
+    assert answer.json() == {"predictions": models.iris.predict(good).tolist()}
