@@ -1,19 +1,23 @@
 """Hostile clients for the "under attack" scenario, on raw sockets, in a process of their own.
 
-`python -m bench.server.attack --port P --path /v1/models/m:predict --body FILE --seconds S`
-keeps a bounded mix of connections open against one server for S seconds and then prints one line
-`ATTACK_RESULT {...}` with what each kind of connection saw:
+`python bench/server/attack.py --port P --path /v1/models/m:predict --body FILE --seconds S`
+keeps a bounded mix of connections open against one server for S seconds (or until SIGTERM) and
+then prints one line `ATTACK_RESULT {...}` with what each kind of connection saw:
 
-- slow headers (slowloris): a request line, then one short header line every `--trickle` seconds,
+- slow headers (slowloris): a request line, then one short header line a second,
   never the end of the head;
 - non-readers: each sends a few large inference requests (the body in `--body`) back to back on
-  one connection, with a small receive buffer, and never reads an answer;
+  one connection, with a small receive buffer, never reads an answer, and after `hold_s` seconds
+  drops the connection for a new one (their openings are spread over that time);
 - giant bodies: a request that declares a 1 GiB body and streams it at a bounded rate.
 
 Everything is bounded so that the attack cannot take the machine down whatever the server does:
-a fixed number of connections of each kind, a fixed number of requests per non-reader, a byte cap
-and a rate per giant body, and a pause before a connection the server closed is opened again.
-One thread drives every socket (non-blocking, `selectors`), so the attack itself costs little CPU.
+a fixed number of connections of each kind, a fixed number of requests per non-reader connection
+and of such connections per second, a byte cap and a rate per giant body, and a pause before a
+connection the server closed is opened again. One thread drives every socket (non-blocking,
+`selectors`), so the attack itself costs little CPU. Once every connection has been opened (and
+every non-reader has sent its requests once) it prints `ATTACK_READY`, so that the load can start
+with the attack in place.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import contextlib
 import json
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_PREFIX = "ATTACK_RESULT "
+READY_LINE = "ATTACK_READY"
 KINDS = ("slow_headers", "non_readers", "giant_bodies")
 GIANT_DECLARED = 1 << 30  # the Content-Length a giant body announces
 CHUNK = 64 * 1024
@@ -43,6 +49,7 @@ class Mix:
     trickle_s: float = 1.0  # one header line per connection this often
     non_readers: int = 4
     requests_per_non_reader: int = 4
+    hold_s: float = 5.0  # a non-reader drops its connection for a new one after this long
     giant_bodies: int = 2
     giant_rate: int = 2 * 1024 * 1024  # bytes per second per connection
     giant_cap: int = 64 * 1024 * 1024  # bytes sent per connection, at most
@@ -52,6 +59,7 @@ class Mix:
 @dataclass
 class KindStats:
     opened: int = 0
+    renewed: int = 0  # connections the attacker dropped for new ones (non-readers)
     closed_by_server: int = 0  # orderly close or reset seen by the attacker
     bytes_sent: int = 0
     requests_sent: int = 0
@@ -71,6 +79,8 @@ class Slot:
     number: int
     sock: socket.socket | None = None
     reopen_at: float = 0.0
+    opened_at: float = 0.0
+    opens: int = 0  # connections this slot has opened
     next_send: float = 0.0
     pending: bytes = b""  # bytes still to send of the current piece
     sent_on_connection: int = 0
@@ -101,6 +111,7 @@ class Attack:
             for n in range(count)
         ]
         self.connect_errors = 0
+        self.stopping = False  # SIGTERM: stop and report
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -123,6 +134,8 @@ class Attack:
         slot.requests_on_connection = 0
         slot.answered = False
         slot.next_send = now
+        slot.opened_at = now
+        slot.opens += 1
         stats = self.stats[slot.kind]
         stats.opened += 1
         if slot.kind == "slow_headers":
@@ -137,17 +150,25 @@ class Attack:
         if slot.kind != "non_readers":
             self.selector.register(sock, selectors.EVENT_READ, slot)
 
-    def _lost(self, slot: Slot, now: float) -> None:
+    def _lost(self, slot: Slot, now: float, *, renewed: bool = False) -> None:
         sock = slot.sock
         if sock is None:
             return
         if slot.kind != "non_readers":
             self.selector.unregister(sock)
+        if renewed:
+            # An abortive close (RST): the server learns at once that nobody will read.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         sock.close()
         slot.sock = None
         slot.pending = b""
-        self.stats[slot.kind].closed_by_server += 1
-        slot.reopen_at = now + self.mix.reconnect_s
+        stats = self.stats[slot.kind]
+        if renewed:
+            stats.renewed += 1
+            slot.reopen_at = now
+        else:
+            stats.closed_by_server += 1
+            slot.reopen_at = now + self.mix.reconnect_s
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -208,16 +229,40 @@ class Attack:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def _ready(self) -> bool:
+        """Every connection opened once, every non-reader's requests sent once."""
+        return all(
+            slot.opens > 0
+            and (
+                slot.kind != "non_readers"
+                or slot.opens > 1
+                or slot.requests_on_connection >= self.mix.requests_per_non_reader
+            )
+            for slot in self.slots
+        )
+
     def run(self, seconds: float) -> dict[str, Any]:
         started = time.monotonic()
         deadline = started + seconds
-        while (now := time.monotonic()) < deadline:
+        mix = self.mix
+        # Non-readers start spread over the hold time, so that they renew one at a time.
+        for slot in self.slots:
+            if slot.kind == "non_readers":
+                slot.reopen_at = started + slot.number * mix.hold_s / max(mix.non_readers, 1)
+        ready_at: float | None = None
+        while (now := time.monotonic()) < deadline and not self.stopping:
             for slot in self.slots:
                 if slot.sock is None and now >= slot.reopen_at:
                     self._open(slot, now)
+                if slot.kind == "non_readers" and slot.sock and now - slot.opened_at > mix.hold_s:
+                    self._lost(slot, now, renewed=True)
+                    continue
                 self._send(slot, now)
             for key, _ in self.selector.select(timeout=0.01):
                 self._read(key.data, time.monotonic())
+            if ready_at is None and self._ready():
+                ready_at = time.monotonic() - started
+                print(READY_LINE, flush=True)
         held = sum(1 for slot in self.slots if slot.sock is not None)
         for slot in self.slots:
             if slot.sock is not None:
@@ -225,6 +270,7 @@ class Attack:
                     slot.sock.close()
         return {
             "seconds": round(time.monotonic() - started, 3),
+            "ready_after_s": None if ready_at is None else round(ready_at, 3),
             "mix": self.mix.__dict__,
             "held_at_end": held,
             "connect_errors": self.connect_errors,
@@ -233,7 +279,7 @@ class Attack:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.server.attack", description=__doc__)
+    p = argparse.ArgumentParser(prog="bench/server/attack.py", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", required=True, help="inference path, e.g. /v1/models/m:predict")
@@ -253,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         giant_bodies=min(args.giant_bodies, 8),
     )
     attack = Attack(args.host, args.port, path=args.path, body=args.body.read_bytes(), mix=mix)
+
+    def stop(_signum: int, _frame: object) -> None:
+        attack.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
     result = attack.run(args.seconds)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0

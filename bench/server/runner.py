@@ -50,7 +50,7 @@ SCENARIOS = (
     Scenario("batch64-c8", "batch64", models.BATCH_ROWS, 8),
     Scenario("attack-c8", "single", 1, 8, attack=True),
 )
-ATTACK_LEAD_S = 1.0  # the attackers connect this long before the load starts
+ATTACK_READY_TIMEOUT_S = 30.0  # the attackers must be in place this soon, or the run fails
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -218,7 +218,6 @@ def measure(
     attacker = None
     if attacked:
         attacker = _start_attack(args, server, protocol, payloads)
-        time.sleep(ATTACK_LEAD_S)
     try:
         if args.warmup > 0:
             loadgen.run_wrk(duration_s=args.warmup, **common)
@@ -308,13 +307,12 @@ def _start_attack(
     protocol: str,
     payloads: models.Payloads,
 ) -> subprocess.Popen[str]:
-    """The hostile connections (bench.server.attack), in a process of their own, for the lead-in,
-    the warmup and the measured run."""
-    seconds = ATTACK_LEAD_S + args.warmup + args.duration + 2.0
+    """The hostile connections (bench.server.attack), in a process of their own, in place (it said
+    so) before the warmup, and kept up to the end of the measured run."""
+    seconds = ATTACK_READY_TIMEOUT_S + args.warmup + args.duration + 2.0
     cmd = [
         sys.executable,
-        "-m",
-        "bench.server.attack",
+        str(Path(attack_module.__file__)),
         "--port",
         str(server.launch.port),
         "--path",
@@ -324,17 +322,34 @@ def _start_attack(
         "--seconds",
         f"{seconds:g}",
     ]
-    return subprocess.Popen(
+    attacker = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
     )
+    assert attacker.stdout is not None
+    ready = threading.Event()
+
+    def wait_ready() -> None:
+        assert attacker.stdout is not None
+        if attacker.stdout.readline().strip() == attack_module.READY_LINE:
+            ready.set()
+
+    waiter = threading.Thread(target=wait_ready, daemon=True)
+    waiter.start()
+    if not ready.wait(ATTACK_READY_TIMEOUT_S):
+        attacker.kill()
+        _, err = attacker.communicate()
+        raise RuntimeError(f"the attackers were not in place in time: {err[-2000:]}")
+    return attacker
 
 
 def _finish_attack(attacker: subprocess.Popen[str] | None) -> dict[str, Any] | None:
     """The attackers' own account (connections, bytes, statuses seen), once they are done."""
     if attacker is None:
         return None
+    # It has said it is ready: what is left of its time is its tail, not needed any more.
+    attacker.terminate()
     try:
-        out, err = attacker.communicate(timeout=60)
+        out, err = attacker.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         attacker.kill()
         out, err = attacker.communicate()
