@@ -640,7 +640,7 @@ def _print_summary(result: dict[str, Any]) -> None:
         print("(req/s ratio: higher is better; p50 and p99 ratios: lower is better)")
         print(report.ratios_table(result["ratios"]))
         print()
-        print("Targets (issue 4, against KServe; reported, not asserted)")
+        print("Targets (issues 4 and 10, against KServe; reported, not asserted)")
         print(report.targets_table(result["targets"]))
     for key, why in result["skipped"].items():
         print(f"not measured: {key}: {why}")
