@@ -95,6 +95,14 @@ def _leader(api_client: client.ApiClient) -> str | None:
     return holder.removeprefix("modeldeploy@").rpartition("_")[0] or None
 
 
+def _current_leader(api_client: client.ApiClient) -> str | None:
+    """The leader among the running pods (the Lease can still name a pod of an earlier install
+    until it expires: a pod killed while it held it releases nothing)."""
+    leader = _leader(api_client)
+    alive = {pod.metadata.name for pod in _live_pods(client.CoreV1Api(api_client))}
+    return leader if leader in alive else None
+
+
 def _describe(core: client.CoreV1Api, selector: str) -> str:
     """The operator pods' states, events and logs: what a failed start needs explained."""
     lines = []
@@ -114,7 +122,7 @@ def _describe(core: client.CoreV1Api, selector: str) -> str:
 def test_the_operator_from_manifests_runs_restricted_and_serves_a_model(
     installed: list[client.V1Pod], api_client: client.ApiClient, namespace: str
 ) -> None:
-    leader = wait_for("a leader", lambda: _leader(api_client), timeout=60)
+    leader = wait_for("a leader", lambda: _current_leader(api_client), timeout=60)
     (pod,) = [p for p in installed if p.metadata.name == leader]
     (container,) = pod.spec.containers
     assert container.image == "modeldeploy/operator:0.1.0"
@@ -162,7 +170,7 @@ def test_killing_the_leader_while_resources_are_created_loses_none(
     once the Lease expires, every resource becomes Ready, and no child was written by two
     writers in conflicting ways (each Deployment still at generation 1, one Apply manager)."""
     core = client.CoreV1Api(api_client)
-    first = wait_for("a leader", lambda: _leader(api_client), timeout=60)
+    first = wait_for("a leader", lambda: _current_leader(api_client), timeout=60)
     models = Models(api_client, namespace)
     names = [f"burst-{i}" for i in range(6)]
     spec = {
@@ -176,7 +184,9 @@ def test_killing_the_leader_while_resources_are_created_loses_none(
     for name in names[3:]:
         models.create(name, spec)
     second = wait_for(
-        "a new leader", lambda: (lead := _leader(api_client)) != first and lead, timeout=60
+        "a new leader",
+        lambda: (lead := _current_leader(api_client)) != first and lead,
+        timeout=60,
     )
     print(f"new leader {second} {time.monotonic() - killed:.1f}s after the kill")
     for name in names:
