@@ -294,6 +294,13 @@ def attack_table(rows_in: list[dict[str, Any]]) -> str:
             "kept": lambda r: fmt_ratio(_div(r["on"]["rps"], r["off"]["rps"])),
             "p99 ms calm": lambda r: fmt(r["off"]["p99_ms"], 2),
             "p99 ms attacked": lambda r: fmt(r["on"]["p99_ms"], 2),
+            # Good answers per CPU-second of the server (which also works for the attackers):
+            # steadier than req/s when other work on the machine comes and goes.
+            "req/core-s calm": lambda r: fmt(r["off"].get("rps_per_core"), 0),
+            "req/core-s attacked": lambda r: fmt(r["on"].get("rps_per_core"), 0),
+            "other cores": lambda r: (
+                f"{fmt(r['off']['other_cpu_cores'], 2)}/{fmt(r['on']['other_cpu_cores'], 2)}"
+            ),
             "errors attacked": lambda r: str(r["on"]["errors"]),
             "RSS peak MB": lambda r: fmt(r["on"].get("rss_peak_attack_mb"), 0),
             "atk closed": lambda r: "{}/{}/{}".format(
