@@ -148,6 +148,26 @@ class Controller:
         trigger = "full" if full else "child"
         inspect_pods = now - self._unsettled_since.get(key, now) >= INSPECT_PODS_AFTER
         loop = asyncio.get_running_loop()
+        if full:
+            # A full pass starts from the API server's copy: a watch that restarted (kopf
+            # re-lists, it does not replay) can have missed the resource's deletion or a change.
+            try:
+                fresh = await loop.run_in_executor(
+                    self._executor, self.reconciler.kube.get_model_deployment, *key
+                )
+            except KubeError as error:
+                logger.warning("cannot read %s/%s: %s", *key, error.message)
+                self._full.add(key)
+                return Result(failed=True, retry_at_least=error.retry_after)
+            uid = body["metadata"].get("uid", "")
+            if fresh is None or fresh["metadata"].get("uid") != uid:
+                logger.info("%s/%s is gone (a missed DELETED event): forgetting it", *key)
+                self._drop(key, uid)
+                if fresh is not None:
+                    self.parent_event("ADDED", fresh)
+                self.report_memory()
+                return Result()
+            body = self._parents[key] = _trimmed(fresh)
         outcome: Outcome | KubeError
         try:
             outcome = await loop.run_in_executor(

@@ -259,6 +259,10 @@ class Kube:
         """A child, or None when it does not exist."""
         return self._get(_path(kind.api_version, kind.plural, namespace, name), kind.kind)
 
+    def get_model_deployment(self, namespace: str, name: str) -> Obj | None:
+        """A ModelDeployment as the API server has it now, or None when it does not exist."""
+        return self._get(_path(api.API_VERSION, api.PLURAL, namespace, name), api.KIND)
+
     def list_pods(self, namespace: str, selector: str, limit: int = 20) -> list[Obj]:
         """Pods matching ``selector`` (bounded: only read to explain a stuck rollout)."""
         result = self._call(

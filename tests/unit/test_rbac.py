@@ -29,7 +29,8 @@ def granted() -> dict[tuple[str, str], set[str]]:
 def used() -> dict[tuple[str, str], set[str]]:
     """Derived from the code: what render_children can emit or delete, and what kube/kopf call."""
     out: dict[tuple[str, str], set[str]] = {
-        (api.GROUP, api.PLURAL): WATCH,  # kopf's watch; the parents' cache serves every read
+        # kopf's watch (the parents' cache serves child events); get: a full resync's fresh copy
+        (api.GROUP, api.PLURAL): READ_WATCH,
         (api.GROUP, f"{api.PLURAL}/status"): {"patch"},  # Kube.apply_status
         (api.GROUP, f"{api.PLURAL}/finalizers"): {"update"},  # blockOwnerDeletion
         ("", "pods"): {"list"},  # Kube.list_pods
