@@ -119,13 +119,17 @@ def test_ratios_pair_ours_with_each_peer_on_its_protocol() -> None:
 
 def test_targets_are_judged_but_missing_data_is_not() -> None:
     runs = [
-        run_row("ours", "v1", "single-c64", rps=900.0, p99_ms=30.0),
+        run_row("ours", "v1", "single-c64", rps=1200.0, p99_ms=30.0),
         run_row("kserve", "v1", "single-c64", rps=100.0, p99_ms=100.0),
     ]
-    got = {(t["model"], t["metric"]): t["met"] for t in report.targets(runs)}
-    assert got[("pipeline", "rps")] is True
-    assert got[("pipeline", "p99_ms")] is False
-    assert got[("forest", "rps")] is None
+    got: dict[tuple[str, str, str], list[bool | None]] = {}
+    for t in report.targets(runs):
+        got.setdefault((t["model"], t["scenario"], t["metric"]), []).append(t["met"])
+    # 12x: over the 8x goal, under issue 10's 15x one.
+    assert got[("pipeline", "single-c64", "rps")] == [True, False]
+    assert got[("pipeline", "single-c64", "p99_ms")] == [False]
+    assert set(got[("forest", "single-c64", "rps")]) == {None}
+    assert set(got[("pipeline", "batch64-c8", "rps")]) == {None}
 
 
 class _Answer200(BaseHTTPRequestHandler):
