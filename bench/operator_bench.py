@@ -399,9 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)  # let the last events settle
             results["steady_state"] = _steady_state(run, f"md-{count}-0", metrics_port, steady)
             results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+            print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
             if args.churn:
                 results["churn"] = _churn(run, metrics_port, proc.pid, args.churn)
-            print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
     except Exception:
         cluster.down(keep_logs=True)
         print(f"failed; component logs kept in {cluster.root / 'logs'}", file=sys.stderr)
