@@ -66,6 +66,9 @@ class Controller:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._parents: dict[Key, Obj] = {}
         self._full: set[Key] = set()
+        # Keys whose cached body a watch event has just delivered: their next full pass needs
+        # no fresh read (resyncs and retries do).
+        self._from_event: set[Key] = set()
         self._last_full: dict[Key, float] = {}
         self._unsettled: dict[Key, int] = {}
         self._unsettled_since: dict[Key, float] = {}
@@ -99,6 +102,7 @@ class Controller:
             # Status-only and metadata-only changes (the operator's own status writes among
             # them) need no pass.
             self._full.add(key)
+            self._from_event.add(key)
             self.queue.add(key)
 
     def child_event(self, event_type: str | None, body: Obj) -> None:
@@ -118,6 +122,7 @@ class Controller:
     def _drop(self, key: Key, uid: str) -> None:
         self._parents.pop(key, None)
         self._full.discard(key)
+        self._from_event.discard(key)
         self._last_full.pop(key, None)
         self._unsettled.pop(key, None)
         self._unsettled_since.pop(key, None)
@@ -145,12 +150,14 @@ class Controller:
         now = time.monotonic()
         full = key in self._full or now - self._last_full.get(key, 0.0) >= self.resync_seconds
         self._full.discard(key)
+        from_event = key in self._from_event
+        self._from_event.discard(key)
         trigger = "full" if full else "child"
         inspect_pods = now - self._unsettled_since.get(key, now) >= INSPECT_PODS_AFTER
         loop = asyncio.get_running_loop()
-        if full:
-            # A full pass starts from the API server's copy: a watch that restarted (kopf
-            # re-lists, it does not replay) can have missed the resource's deletion or a change.
+        if full and not from_event:
+            # A resync or a retry starts from the API server's copy: a watch that restarted
+            # (kopf re-lists, it does not replay) can have missed a deletion or a change.
             try:
                 fresh = await loop.run_in_executor(
                     self._executor, self.reconciler.kube.get_model_deployment, *key
