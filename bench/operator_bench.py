@@ -65,9 +65,10 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float, interval: float 
     raise TimeoutError(f"{what} not reached within {timeout}s")
 
 
-def _peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -256,13 +257,6 @@ class Run:
         return out
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _churn(run: Run, metrics_port: int, pid: int, cycles: int) -> dict[str, Any]:
     """Create and delete ModelDeployments ``cycles`` times (10 at a time): the operator's RSS
     after the first tenth and at the end, and what it still remembers once all are gone."""
@@ -283,7 +277,7 @@ def _churn(run: Run, metrics_port: int, pid: int, cycles: int) -> dict[str, Any]
             )
         done = start + len(names)
         if done in (cycles // 10, cycles):
-            samples[done] = round(_rss_mib(pid), 1)
+            samples[done] = round(_status_mib(pid, "VmRSS"), 1)
 
     def remembered() -> dict[str, float]:
         return {s: _metric(metrics_port, "modeldeploy_remembered_objects", store=s) for s in stores}
@@ -398,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             time.sleep(5)  # let the last events settle
             results["steady_state"] = _steady_state(run, f"md-{count}-0", metrics_port, steady)
-            results["operator_peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+            results["operator_peak_rss_mib"] = round(_status_mib(proc.pid, "VmHWM"), 1)
             print(f"operator peak RSS: {results['operator_peak_rss_mib']} MiB")
             if args.churn:
                 results["churn"] = _churn(run, metrics_port, proc.pid, args.churn)
