@@ -171,8 +171,8 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     core = client.CoreV1Api(api_client)
     models.create(NAME, _spec({"uri": FILE_URI, "version": "1"}))
     body = models.wait_condition(NAME, "Ready", timeout=180)
-    url = f"http://{models.cluster_ip(NAME)}/v1/models/{NAME}:predict"
-    assert body["status"]["url"]
+    # The client calls status.url, as users do: cluster DNS resolves the Service's name.
+    url = f"{body['status']['url']}/v1/models/{NAME}:predict"
     core.create_namespaced_pod(namespace, load_client_pod("load", url, 4, images.SERVER_IMAGE))
     wait_for(
         "the client pod's first answers",
