@@ -422,7 +422,7 @@ class CanaryAnalysis(Model):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     """Highest share of 5xx answers from the canary."""
 
-    max_latency_ratio: float = Field(default=2.0, gt=0, le=1000)
+    max_latency_ratio: float = Field(default=2.0, ge=0.01, le=1000)
     """Highest canary p99 latency / stable p99 latency."""
 
     max_prediction_shift: float = Field(default=0.2, ge=0, le=100)

@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from modelserver import __version__, batching, codec, runtime, v1, v2
+from modelserver import __version__, batching, codec, monitoring, runtime, v1, v2
 from modelserver.admission import Admission
 from modelserver.errors import (
     BadRequestError,
@@ -187,7 +187,7 @@ class DataPlane:
         max_batch_size, max_wait, max_queue_depth = self._batch_settings
         self._batcher = batching.Batcher(
             self._loop,
-            model.run,
+            monitoring.observed(model.run, self._observers(model)),
             max_batch_size=max_batch_size,
             max_wait_seconds=max_wait,
             max_queue_depth=max_queue_depth,
@@ -201,6 +201,19 @@ class DataPlane:
         self._v1_ready = codec.dumps({"name": self.model_name, "ready": True})
         self._metrics.observe_load(model.info.load_seconds)
         self._runtime = model
+
+    def _observers(self, model: runtime.SklearnRuntime) -> list[monitoring.Observer]:
+        """What watches every predict call: the predictions per class or value."""
+        if model.info.is_classifier and model.info.classes is None:
+            return []  # multi-output classifiers: one set of classes per output, not counted
+        counter = monitoring.PredictionCounter(
+            self._metrics.registry,
+            model=self.model_name,
+            version=self.model_version,
+            classes=model.info.classes if model.info.is_classifier else None,
+        )
+        self._metrics.also_flush(counter.flush)
+        return [counter.observe]
 
     # -- health and metadata ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -134,6 +135,16 @@ class Metrics:
         self._predict_seconds = _Pending(_LATENCY_BUCKETS)
         self._queue_depth = 0
         self._queue_depth_flushed = -1
+        self._also_flush: list[Callable[[], None]] = []
+
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """Where further metrics register: nowhere in multiprocess mode (they write files)."""
+        return None if self._multiprocess else self._registry
+
+    def also_flush(self, flush: Callable[[], None]) -> None:
+        """Has `flush()` call `flush` too (metrics kept by other modules, e.g. monitoring.py)."""
+        self._also_flush.append(flush)
 
     def observe_request(self, protocol: str, status: int, seconds: float) -> None:
         """Counts one answered inference request and its latency."""
@@ -175,6 +186,8 @@ class Metrics:
         if self._queue_depth != self._queue_depth_flushed:
             self.queue_depth.labels(model).set(self._queue_depth)
             self._queue_depth_flushed = self._queue_depth
+        for flush in self._also_flush:
+            flush()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of all workers' metrics."""

@@ -327,6 +327,11 @@ def _client_pod(name: str, image: str, command: list[str]) -> dict[str, Any]:
     }
 
 
+def script_pod(name: str, image: str, script: str, *args: str) -> dict[str, Any]:
+    """A locked-down pod (label ``app=<name>``) running ``python -c script args...``."""
+    return _client_pod(name, image, ["python", "-c", script, *args])
+
+
 def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, Any]:
     return _client_pod(name, image, ["python", "-c", LOAD_CLIENT, url, str(workers)])
 

@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .estimators_for_tests import SlowClassifier
-from .support import IRIS_X, IRIS_Y, Models, ServerProcess, digest_of
+from .support import IRIS_X, IRIS_Y, Models, ServerProcess, digest_of, running
 
 
 @pytest.fixture(scope="session")
@@ -82,15 +82,8 @@ def servers(
             args=("--max-batch-wait-ms", "100"),
         ),
     }
-    try:
-        for server in started.values():
-            server.start()
-        for server in started.values():
-            server.wait_ready()
+    with running(started):
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture

@@ -239,6 +239,20 @@ class ServerProcess:
             self.process.wait()
 
 
+@contextlib.contextmanager
+def running(servers: dict[str, ServerProcess]) -> Iterator[dict[str, ServerProcess]]:
+    """Starts the servers together (importing scikit-learn takes a while), stops them after."""
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def batch_counts(port: int) -> tuple[float, float, float]:
     """Predict calls, rows over all calls, and calls with a single row, from /metrics (after the
     half second in which every worker publishes its counts)."""
