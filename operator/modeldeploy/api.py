@@ -359,10 +359,24 @@ class Server(Model):
 # -- inference access (issue 13): who may call the model, over what, how often ----------------
 
 
-class RateLimit(Model):
+class RateLimit(
+    Model,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            cel(
+                # The schema's minimum alone lets 0 through: the API server compares a whole
+                # number with the minimum truncated to a whole number (0.01 -> 0).
+                "self.requestsPerSecond >= 0.01",
+                "requestsPerSecond must be at least 0.01",
+                ".requestsPerSecond",
+                twin=lambda r: r.requests_per_second >= 0.01,
+            )
+        ]
+    },
+):
     """A per-pod token bucket, shared by the server's worker processes."""
 
-    requests_per_second: float = Field(ge=0.01, le=1_000_000)
+    requests_per_second: float = Field(le=1_000_000)  # at least 0.01: the CEL rule above
     """Average requests per second one pod admits."""
 
     burst: int | None = Field(default=None, ge=1, le=1_000_000)

@@ -103,6 +103,12 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "allowMetricsFrom needs the NetworkPolicy",
     ),
     (
+        "rate-limit-zero",
+        "ok",
+        {"model": M, "server": {"rateLimit": {"requestsPerSecond": 0}}},
+        "requestsPerSecond must be at least 0.01",
+    ),
+    (
         "replicas-autoscaling",
         "ok",
         {"model": M, "replicas": 2, "autoscaling": {"maxReplicas": 3}},
