@@ -8,6 +8,7 @@ token) and are counted with the inference requests in `modelserver_requests_tota
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from modelserver import auth, codec, ratelimit
@@ -32,7 +33,7 @@ _HEADERS = {
 
 
 class Gate:
-    """Admits a request to the data plane, answering the refused ones itself."""
+    """Admits a request to the data plane or says why not; the hot path allocates nothing."""
 
     def __init__(
         self,
@@ -45,41 +46,52 @@ class Gate:
         self._limiter = limiter
         self._authorizer = authorizer
 
-    def enter(
-        self,
-        path: bytes,
-        authorization: bytes | None,
-        client: Client,
-        proceed: Callable[[], None],
-        started: float,
-    ) -> None:
-        """Calls `proceed` (now or once the token is reviewed) or answers the refusal."""
+    def check(self, authorization: bytes | None) -> Reply | _Pending | None:
+        """None: admitted now; a Reply: refused; PENDING: the token must be reviewed first
+        (then `review`)."""
         if self._limiter is not None:
             wait = self._limiter.take()
             if wait:
                 seconds = ratelimit.retry_after_seconds(wait)
-                reply = _refusal(
+                return _refusal(
                     429,
                     f"rate limit of {self._limiter.rate:g} requests per second exceeded; "
                     f"retry after {seconds} s",
                     b"retry-after: %d\r\n" % seconds,
                 )
-                self._refuse(path, reply, client, started)
-                return
         if self._authorizer is None:
-            proceed()
-            return
+            return None
+        decision = self._authorizer.cached(authorization)
+        if decision is None:
+            return PENDING
+        return None if decision.status == auth.ALLOWED else _decision_reply(decision)
+
+    def review(
+        self, path: bytes, authorization: bytes, client: Client, proceed: Callable[[], None]
+    ) -> None:
+        """Reviews the token, then calls `proceed` or answers the refusal."""
+        assert self._authorizer is not None  # noqa: S101 - check() said PENDING
 
         def decided(decision: auth.Decision) -> None:
-            if decision.status == auth.ALLOWED:
-                if not client.gone:
-                    proceed()
-                return
-            reply = _refusal(decision.status, decision.message, _HEADERS.get(decision.status, b""))
-            self._refuse(path, reply, client, started)
+            if decision.status != auth.ALLOWED:
+                self.refuse(path, _decision_reply(decision), client)
+            elif not client.gone:
+                proceed()
 
-        self._authorizer.decide(authorization, decided)
+        self._authorizer.review(authorization, decided)
 
-    def _refuse(self, path: bytes, reply: Reply, client: Client, started: float) -> None:
+    def refuse(self, path: bytes, reply: Reply, client: Client) -> None:
+        """Answers a refusal, counted with the inference answers."""
         protocol = "v1" if path.startswith(b"/v1/") else "v2"
-        self._plane.finish(protocol, started, reply, client.respond)
+        self._plane.finish(protocol, time.perf_counter(), reply, client.respond)
+
+
+class _Pending:
+    """The marker of a request whose token is being reviewed."""
+
+
+PENDING = _Pending()
+
+
+def _decision_reply(decision: auth.Decision) -> Reply:
+    return _refusal(decision.status, decision.message, _HEADERS.get(decision.status, b""))

@@ -107,40 +107,47 @@ class Authorizer:
         self._max_entries = max_entries
         self._max_pending = max_pending
         self._observe = observe
-        # token -> (monotonic expiry, decision); ordered from least to most recently used
+        # Authorization header -> (monotonic expiry, decision); least recently used first
         self._cache: collections.OrderedDict[bytes, tuple[float, Decision]] = (
             collections.OrderedDict()
         )
         self._pending: dict[bytes, list[Done]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="review")
 
-    def decide(self, authorization: bytes | None, done: Done) -> None:
-        """Calls `done` with the decision for an Authorization header: at once when cached."""
+    def cached(self, authorization: bytes | None) -> Decision | None:
+        """The decision for an Authorization header when it needs no review (the hot path: a
+        dictionary lookup keyed by the header as sent); None when `review` must decide."""
+        if authorization is None:
+            return _MISSING
+        cached = self._cache.get(authorization)
+        if cached is None:
+            return None
+        if cached[0] > time.monotonic():
+            self._cache.move_to_end(authorization)
+            return cached[1]
+        del self._cache[authorization]
+        return None
+
+    def review(self, authorization: bytes, done: Done) -> None:
+        """Decides on a header `cached` did not know, in a thread; calls `done` on the loop."""
         token = _bearer(authorization)
         if token is None:
             done(_MISSING)
             return
-        cached = self._cache.get(token)
-        if cached is not None:
-            if cached[0] > time.monotonic():
-                self._cache.move_to_end(token)
-                done(cached[1])
-                return
-            del self._cache[token]
-        waiting = self._pending.get(token)
+        if not all(32 < c < 127 for c in token):
+            done(_INVALID)
+            return
+        waiting = self._pending.get(authorization)
         if waiting is not None:
             waiting.append(done)
-            return
-        if not all(32 < c < 127 for c in token):  # checked on a miss only: not per request
-            done(_INVALID)
             return
         if len(self._pending) >= self._max_pending:
             done(Decision(UNAVAILABLE, "too many token reviews in progress; retry"))
             return
-        self._pending[token] = [done]
-        text = token.decode("ascii", "replace")
+        self._pending[authorization] = [done]
+        text = token.decode("ascii")
         future = self._loop.run_in_executor(self._executor, self._review, text)
-        future.add_done_callback(lambda finished: self._reviewed(token, finished))
+        future.add_done_callback(lambda finished: self._reviewed(authorization, finished))
 
     def _reviewed(self, token: bytes, future: asyncio.Future[tuple[Decision, float]]) -> None:
         waiting = self._pending.pop(token, [])

@@ -103,15 +103,22 @@ class Router:
             self._route(method, path, body, header_length, client)
             return
 
-        def proceed() -> None:
-            try:
-                self._route(method, path, body, header_length, client)
-            except Exception:
-                # Run later (after a token review): the connection's own guard is not around it.
-                log.exception("request failed")
-                client.respond(error_reply(InternalError("internal server error")))
+        verdict = self._gate.check(authorization)
+        if verdict is None:
+            self._route(method, path, body, header_length, client)
+        elif isinstance(verdict, Reply):
+            self._gate.refuse(plain, verdict, client)
+        else:  # PENDING
 
-        self._gate.enter(plain, authorization, client, proceed, time.perf_counter())
+            def proceed() -> None:
+                try:
+                    self._route(method, path, body, header_length, client)
+                except Exception:
+                    # Run after a token review: the connection's own guard is not around it.
+                    log.exception("request failed")
+                    client.respond(error_reply(InternalError("internal server error")))
+
+            self._gate.review(plain, authorization or b"", client, proceed)
 
     def _route(
         self,
