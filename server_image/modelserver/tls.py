@@ -17,6 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_SECONDS = 5.0
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 class TlsConfigError(Exception):

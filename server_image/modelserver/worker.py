@@ -192,6 +192,8 @@ async def _serve(
         backlog=2048,
         start_serving=listen_first,
         ssl=None if certificate is None else certificate.context,
+        # A client that opens a connection and never finishes its handshake is dropped soon.
+        ssl_handshake_timeout=None if certificate is None else tls.HANDSHAKE_TIMEOUT_SECONDS,
     )
     if listen_first:
         readiness.mark_listening(index)
