@@ -266,3 +266,48 @@ def children(api_client: client.ApiClient, namespace: str, name: str) -> dict[st
         .list_namespaced_pod_disruption_budget(namespace, label_selector=selector)
         .items,
     }
+
+
+def grant_predict(
+    api_client: client.ApiClient, namespace: str, model: str, *, bound: str, unbound: str
+) -> None:
+    """ServiceAccounts `bound` (may predict on `model`: a Role as the README tells users to write
+    it, and a RoleBinding) and `unbound` (no grant)."""
+    core = client.CoreV1Api(api_client)
+    for name in (bound, unbound):
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+        )
+    client.RbacAuthorizationV1Api(api_client).create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name=f"predict-{model}"),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=["serving.modeldeploy.io"],
+                    resources=["modeldeployments/predict"],
+                    resource_names=[model],
+                    verbs=["create"],
+                )
+            ],
+        ),
+    )
+    bind_predict(api_client, namespace, model, account=bound, binding=f"{bound}-predicts")
+
+
+def bind_predict(
+    api_client: client.ApiClient, namespace: str, model: str, *, account: str, binding: str
+) -> None:
+    """A RoleBinding of `model`'s predict Role (grant_predict) to the ServiceAccount."""
+    client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=binding),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name=f"predict-{model}"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
+            ],
+        ),
+    )

@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from server.support import IRIS_X, IRIS_Y, ServerProcess, free_port, post_json, request, v1_body
 
-from .operator_support import fresh_namespace
+from .operator_support import bind_predict, fresh_namespace, grant_predict
 
 MODEL = "iris"
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -38,50 +38,8 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def namespace(api_client: client.ApiClient) -> Iterator[str]:
     with fresh_namespace(api_client, "server-auth") as name:
-        _grant(api_client, name)
+        grant_predict(api_client, name, MODEL, bound="caller", unbound="stranger")
         yield name
-
-
-def _grant(api_client: client.ApiClient, namespace: str) -> None:
-    """ServiceAccounts `caller` (may predict on the model), `stranger` (may not), and a Role as
-    the README tells users to write it."""
-    core = client.CoreV1Api(api_client)
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    for name in ("caller", "stranger"):
-        core.create_namespaced_service_account(
-            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-        )
-    rbac.create_namespaced_role(
-        namespace,
-        client.V1Role(
-            metadata=client.V1ObjectMeta(name="predict-iris"),
-            rules=[
-                client.V1PolicyRule(
-                    api_groups=["serving.modeldeploy.io"],
-                    resources=["modeldeployments/predict"],
-                    resource_names=[MODEL],
-                    verbs=["create"],
-                )
-            ],
-        ),
-    )
-    bind(api_client, namespace, "caller-predicts", "caller")
-
-
-def bind(api_client: client.ApiClient, namespace: str, name: str, account: str) -> None:
-    """A RoleBinding of the predict Role to the ServiceAccount."""
-    client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(
-        namespace,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name=name),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="predict-iris"
-            ),
-            subjects=[
-                client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
-            ],
-        ),
-    )
 
 
 def token(api_client: client.ApiClient, namespace: str, account: str) -> str:
@@ -230,7 +188,7 @@ def test_decisions_are_cached_bounded_and_expire(setup: Setup, tmp_path: Path) -
 
 def test_revoked_binding_is_refused_once_the_allow_ttl_passed(setup: Setup, tmp_path: Path) -> None:
     model_file, kubeconfig, namespace, api_client = setup
-    bind(api_client, namespace, "temporary", "stranger")
+    bind_predict(api_client, namespace, MODEL, account="stranger", binding="temporary")
     with _running(model_file, tmp_path, kubeconfig, namespace, "--auth-allow-ttl", "1") as server:
         bearer = token(api_client, namespace, "stranger")
         assert _predict(server.port, bearer)[0] == 200
