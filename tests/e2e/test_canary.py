@@ -103,13 +103,13 @@ def _bad_models() -> dict[str, bytes]:
     return {"/constant.joblib": _joblib(constant), "/broken.joblib": _joblib(broken)}
 
 
-def _spec(model: dict[str, Any], **rollout: Any) -> dict[str, Any]:
+def _spec(model: dict[str, Any], deadline: int = 180) -> dict[str, Any]:
     return {
         "model": model,
         "replicas": 2,
         "rollout": {
             "strategy": "Canary",
-            "progressDeadlineSeconds": 40,
+            "progressDeadlineSeconds": deadline,
             "canary": {
                 "steps": [{"weight": 25, "pauseSeconds": 5}, {"weight": 50, "pauseSeconds": 5}],
                 "analysis": {
@@ -121,7 +121,6 @@ def _spec(model: dict[str, Any], **rollout: Any) -> dict[str, Any]:
                     "failureLimit": 1,
                 },
             },
-            **rollout,
         },
     }
 
@@ -233,9 +232,10 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         # 4. Never Ready (the artifact is not there): rolled back at progressDeadlineSeconds.
         missing = {"uri": f"{base}/missing.joblib", "digest": "sha256:" + "0" * 64, "version": "5"}
-        models.patch_spec(NAME, _spec(missing))
+        models.patch_spec(NAME, _spec(missing, deadline=30))
         rolled = _wait_state(models, "5", "RolledBack", timeout=120)
         assert "progress deadline" in rolled["analysis"]["message"], rolled
+        assert "ModelFetchFailed" in rolled["analysis"]["message"], rolled  # and why
 
     # 5. abort, then promote, by annotation.
     def annotate(value: str) -> None:
