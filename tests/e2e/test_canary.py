@@ -15,6 +15,7 @@ import io
 import operator as std_operator
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import localcluster
-from localcluster import images
+from localcluster import images, process
 from modeldeploy import canary
 
 from .support import (
@@ -55,12 +56,28 @@ class Operator:
         self._kubeconfig, self._log = kubeconfig, log
         self._running: Any = None
         self.proc: Any = None
+        self.metrics_port = 0
+        self.api_calls_before = 0.0  # API requests made by the processes killed so far
 
     def start(self) -> None:
-        self._running = operator_process(self._kubeconfig, self._log)
+        (self.metrics_port,) = process.free_ports(1)
+        self._running = operator_process(self._kubeconfig, self._log, self.metrics_port)
         self.proc = self._running.__enter__()
 
+    def api_calls(self) -> float:
+        """Kubernetes API requests made so far, by every process of this operator."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        calls = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modeldeploy_api_requests_total{")
+        )
+        return self.api_calls_before + calls
+
     def kill_and_restart(self) -> None:
+        self.api_calls_before = self.api_calls()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         self._running.__exit__(None, None, None)
@@ -181,7 +198,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     )
 
     # 1. A good version through both steps, the operator killed at step 1: promoted.
-    started = time.monotonic()
+    started, calls = time.monotonic(), operator.api_calls()
     models.patch_spec(NAME, _spec({"uri": SKOPS_URI, "format": "skops", "version": "2"}))
     at_step_1 = wait_for(
         "step 1 analysed",
@@ -195,6 +212,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     wait_for("the canary Deployment gone", lambda: models.deployment(f"{NAME}-canary") is None, 120)
     body = models.wait_condition(NAME, "Ready", timeout=120)
     promotion_seconds = time.monotonic() - started
+    canary_calls = operator.api_calls() - calls
     assert body["status"]["model"]["version"] == "2"
     assert promoted["steps"] == 2
     reasons = _reasons(core, namespace)
@@ -264,6 +282,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     # Failures only from the broken version's canary pods (case 3), none from the stable.
     assert final["failed"] == after["failed"], final["errors"]
     print(
-        f"promotion with 2 steps of 5s took {promotion_seconds:.0f}s; "
+        f"promotion with 2 steps of 5s took {promotion_seconds:.0f}s and "
+        f"{canary_calls:.0f} Kubernetes API requests (operator restart included); "
         f"{final['ok']} requests answered, {final['failed']} failed (all by the broken canary)"
     )
