@@ -147,16 +147,19 @@ def _canary(models: Models) -> dict[str, Any]:
 
 
 def _wait_state(models: Models, version: str, state: str, timeout: float) -> dict[str, Any]:
-    return wait_for(
-        f"canary of version {version} {state}",
-        lambda: (
-            (c := _canary(models)).get("model", {}).get("version") == version
-            and c.get("state") == state
-            and c
-        ),
-        timeout=timeout,
-        interval=1,
-    )
+    last: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        nonlocal last
+        last = _canary(models)
+        right = last.get("model", {}).get("version") == version and last.get("state") == state
+        return last if right else None
+
+    try:
+        return wait_for(f"canary of version {version} {state}", probe, timeout, interval=1)
+    except AssertionError as error:
+        ready = models.current_condition(models.get(NAME), "Ready")
+        raise AssertionError(f"{error}; status.canary: {last}; Ready: {ready}") from None
 
 
 def _reasons(core: client.CoreV1Api, namespace: str) -> list[str]:
@@ -230,7 +233,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         # 2. One constant class: the prediction-shift gate rolls it back; nothing failed.
         models.patch_spec(NAME, _spec(http_model("/constant.joblib", "3")))
-        rolled = _wait_state(models, "3", "RolledBack", timeout=180)
+        rolled = _wait_state(models, "3", "RolledBack", timeout=240)
         assert "prediction shift" in rolled["analysis"]["message"], rolled
         body = models.wait_condition(NAME, "Stalled", "True", "CanaryRolledBack", timeout=30)
         assert "prediction shift" in models.current_condition(body, "Stalled")["message"]  # type: ignore[index]
@@ -240,7 +243,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         # 3. 5xx on real inputs: the error-rate gate rolls it back; then no more failures.
         models.patch_spec(NAME, _spec(http_model("/broken.joblib", "4")))
-        rolled = _wait_state(models, "4", "RolledBack", timeout=180)
+        rolled = _wait_state(models, "4", "RolledBack", timeout=240)
         assert "error rate" in rolled["analysis"]["message"], rolled
         wait_for("the broken canary gone", lambda: models.deployment(f"{NAME}-canary") is None, 60)
         before = client_counts(core, namespace, "load")
