@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import loader, termination
+from modelserver import drift, loader, runtime, termination
 from modelserver.admission import Admission
 from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
@@ -33,7 +33,6 @@ from modelserver.errors import ModelLoadError
 from modelserver.httpserver import HttpServer, Router
 from modelserver.metrics import FLUSH_INTERVAL_SECONDS, Metrics
 from modelserver.readiness import Readiness
-from modelserver.runtime import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +107,11 @@ def _build(
         max_queue_depth=config.max_queue_depth,
         is_ready=lambda: readiness.ready,
         admission=admission,
+        drift_settings=drift.WindowSettings(
+            seconds=config.drift_window_seconds,
+            min_rows=config.drift_min_rows,
+            max_features=config.drift_max_features,
+        ),
     )
     http = HttpServer(
         loop,
@@ -153,21 +157,15 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     loop.add_signal_handler(signal.SIGTERM, request_stop, config.drain_delay_seconds)
     loop.add_signal_handler(signal.SIGINT, request_stop, 0.0)
 
-    loading = loop.run_in_executor(
-        None,
-        loader.load,
-        config.model_uri,
-        config.model_format,
-        config.model_digest,
-        config.trusted_types,
-    )
+    loading = loop.run_in_executor(None, _load, config)
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         try:
-            model = loading.result()
+            model, reference = loading.result()
         except Exception as error:
-            detail = str(error) if isinstance(error, ModelLoadError) else repr(error)
+            known = isinstance(error, ModelLoadError | drift.ProfileError)
+            detail = str(error) if known else repr(error)
             reason = f"model load failed: {detail}"
             log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
             termination.write_reason(reason, config.termination_log)
@@ -175,7 +173,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
             stopping.cancel()
             flushing.cancel()
             return EXIT_LOAD_FAILED
-        plane.set_runtime(model)
+        plane.set_runtime(model, reference)
         _settle(config.workers)
         await server.start_serving()
         readiness.mark_loaded(index)
@@ -191,6 +189,19 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     return EXIT_OK
 
 
+def _load(config: ServeConfig) -> tuple[runtime.SklearnRuntime, drift.Profile | None]:
+    """The model and, when configured, the reference profile that fits it."""
+    model = loader.load(
+        config.model_uri, config.model_format, config.model_digest, config.trusted_types
+    )
+    if config.reference_uri is None:
+        return model, None
+    reference = drift.read_profile(config.reference_uri)
+    info = model.info
+    drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
+    return model, reference
+
+
 async def _drain(
     server: asyncio.AbstractServer, http: HttpServer, delay: float, timeout: float, index: int
 ) -> bool:
@@ -203,7 +214,7 @@ async def _drain(
     return await http.wait_closed(timeout)
 
 
-def _log_loaded(name: str, index: int, info: ModelInfo) -> None:
+def _log_loaded(name: str, index: int, info: runtime.ModelInfo) -> None:
     log.info(
         "model loaded",
         extra={
