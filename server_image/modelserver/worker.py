@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import drift, loader, runtime, termination
+from modelserver import drift, loader, payloadlog, runtime, termination
 from modelserver.admission import Admission
 from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
@@ -162,10 +162,13 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         try:
-            model, reference = loading.result()
+            model, reference, redact = loading.result()
         except Exception as error:
-            known = isinstance(error, ModelLoadError | drift.ProfileError)
-            detail = str(error) if known else repr(error)
+            detail = (
+                str(error)
+                if isinstance(error, ModelLoadError | drift.ProfileError)
+                else repr(error)
+            )
             reason = f"model load failed: {detail}"
             log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
             termination.write_reason(reason, config.termination_log)
@@ -173,7 +176,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
             stopping.cancel()
             flushing.cancel()
             return EXIT_LOAD_FAILED
-        plane.set_runtime(model, reference)
+        plane.set_runtime(model, reference, _payload_logger(config, metrics, redact))
         _settle(config.workers)
         await server.start_serving()
         readiness.mark_loaded(index)
@@ -181,6 +184,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     await stopping
 
     clean = await _drain(server, http, drain_delay, config.graceful_timeout_seconds, index)
+    await plane.stop_payload_log()
     flushing.cancel()
     metrics.flush()
     if not loading.done():
@@ -189,17 +193,47 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     return EXIT_OK
 
 
-def _load(config: ServeConfig) -> tuple[runtime.SklearnRuntime, drift.Profile | None]:
-    """The model and, when configured, the reference profile that fits it."""
+def _load(
+    config: ServeConfig,
+) -> tuple[runtime.SklearnRuntime, drift.Profile | None, list[int]]:
+    """The model, the reference profile that fits it (when configured) and the columns the
+    payload log redacts."""
     model = loader.load(
         config.model_uri, config.model_format, config.model_digest, config.trusted_types
     )
-    if config.reference_uri is None:
-        return model, None
-    reference = drift.read_profile(config.reference_uri)
+    reference = None
     info = model.info
-    drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
-    return model, reference
+    names_in = getattr(model.estimator, "feature_names_in_", None)
+    names = None if names_in is None else [str(name) for name in names_in]
+    if config.reference_uri is not None:
+        reference = drift.read_profile(config.reference_uri)
+        drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
+        names = [feature.name for feature in reference.features]
+    try:
+        redact = payloadlog.redacted_indices(config.payload_log_redact, names)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
+    return model, reference, redact
+
+
+def _payload_logger(
+    config: ServeConfig, metrics: Metrics, redact: list[int]
+) -> payloadlog.PayloadLogger | None:
+    """The started payload log, when a sink is configured."""
+    if config.payload_log_url is None:
+        return None
+    payload_log = payloadlog.PayloadLogger(
+        metrics.registry,
+        model=config.model_name,
+        version=config.model_version,
+        url=config.payload_log_url,
+        sample_rate=config.payload_log_sample_rate,
+        redact=redact,
+        max_queue=config.payload_log_max_queue,
+    )
+    payload_log.start()
+    metrics.also_flush(payload_log.flush)
+    return payload_log
 
 
 async def _drain(
