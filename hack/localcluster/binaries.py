@@ -110,6 +110,13 @@ def _kube_router_stamp(b: Binary) -> Mapping[str, str]:
     return {f"{pkg}.Version": b.version, f"{pkg}.BuildDate": info["Time"]}
 
 
+def _coredns_stamp(b: Binary) -> Mapping[str, str]:
+    # coremain.CoreVersion is a constant of the tagged source; GitCommit is what -version adds.
+    return {
+        "github.com/coredns/coredns/coremain.GitCommit": _module_info(b.module, b.version)["Sum"]
+    }
+
+
 def _no_stamp(_: Binary) -> Mapping[str, str]:
     # kwok's consts.Version is "0.7.0" in the tagged source already.
     return {}
@@ -131,6 +138,7 @@ _SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
         versions.KUBE_ROUTER_VERSION,
         _kube_router_stamp,
     ),
+    "coredns": ("github.com/coredns/coredns", versions.COREDNS_VERSION, _coredns_stamp),
 }
 
 
@@ -154,7 +162,7 @@ def all_binaries() -> list[Binary]:
 
 def node_binaries() -> list[Binary]:
     """What ``up --real-node`` needs on top of the control plane: kubelet, kube-proxy,
-    metrics-server, crictl and kube-router.
+    metrics-server, crictl, kube-router and CoreDNS.
 
     Kept out of the default build so the KWOK-only cluster (CI's) stays a 10-minute cold build.
     """
@@ -163,6 +171,7 @@ def node_binaries() -> list[Binary]:
         *_binaries("metrics-server", versions.METRICS_SERVER_COMMANDS),
         *_binaries("cri-tools", versions.CRI_TOOLS_COMMANDS),
         *_binaries("kube-router", versions.KUBE_ROUTER_COMMANDS),
+        *_binaries("coredns", versions.COREDNS_COMMANDS),
     ]
 
 

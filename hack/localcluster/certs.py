@@ -269,6 +269,8 @@ def node_clients(node_name: str) -> dict[str, tuple[str, str | None]]:
         # metrics API; kube-router watches pods, namespaces and NetworkPolicies.
         "metrics-server": ("system:metrics-server", "system:masters"),
         "kube-router": ("system:kube-router", "system:masters"),
+        # Read-only: bound to the system:coredns ClusterRole (coredns.api_objects) alone.
+        "coredns": ("system:coredns", None),
     }
 
 

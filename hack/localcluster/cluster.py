@@ -24,6 +24,7 @@ from localcluster import (
     binaries,
     certs,
     components,
+    coredns,
     images,
     kubeconfig,
     kwokconfig,
@@ -376,7 +377,7 @@ class Cluster:
         if self.real_node:
             self._claim_node()
         self._prepare_root()
-        free = process.free_ports(11)
+        free = process.free_ports(14)
         ports, node_ports = Ports(*free[:6]), NodePorts(*free[6:])
         server = f"https://127.0.0.1:{ports.apiserver}"
         state = self._new_state(server, ports, node_ports, built)
@@ -470,6 +471,7 @@ class Cluster:
         }
         if self.real_node:
             state["versions"]["metrics-server"] = versions.METRICS_SERVER_VERSION
+            state["versions"]["coredns"] = versions.COREDNS_VERSION
             state["node_ports"] = node_ports.to_json()
             state["images"] = {i.name: str(i.archive) for i in built}
         return state
@@ -511,7 +513,7 @@ class Cluster:
     def _write_node_files(self, pki: certs.Pki, server: str, ports: NodePorts) -> None:
         """The node's certs, kubeconfigs and config files (containerd, CNI, kubelet, proxy)."""
         certs.generate_node(pki.dir, node_name=node.NODE_NAME, node_ips=(node.NODE_IP, "127.0.0.1"))
-        for who in ("kubelet", "kube-proxy", "kube-router", "metrics-server"):
+        for who in ("kubelet", "kube-proxy", "kube-router", "metrics-server", "coredns"):
             kubeconfig.write(
                 self.node_layout.kubeconfig(who),
                 server=server,
@@ -544,17 +546,20 @@ class Cluster:
         apiserver_port: int,
     ) -> list[str]:
         nl = self.node_layout
-        if name == "containerd":
-            return node.containerd_cmd(nl)
-        if name == "kubelet":
-            return node.kubelet_cmd(bins["kubelet"], nl)
-        if name == "kube-proxy":
-            return node.proxy_cmd(bins["kube-proxy"], nl)
-        if name == "kube-router":
-            return node.kube_router_cmd(bins["kube-router"], nl, components.SERVICE_CIDR)
-        if name == "apiserver-relay":
-            return node.relay_cmd(apiserver_port)
-        return node.metrics_server_cmd(bins["metrics-server"], nl, ports, pki)
+        commands: dict[str, Callable[[], list[str]]] = {
+            "containerd": lambda: node.containerd_cmd(nl),
+            "kubelet": lambda: node.kubelet_cmd(bins["kubelet"], nl),
+            "kube-proxy": lambda: node.proxy_cmd(bins["kube-proxy"], nl),
+            "kube-router": lambda: node.kube_router_cmd(
+                bins["kube-router"], nl, components.SERVICE_CIDR
+            ),
+            "metrics-server": lambda: node.metrics_server_cmd(
+                bins["metrics-server"], nl, ports, pki
+            ),
+            "coredns": lambda: node.coredns_cmd(bins["coredns"], nl),
+            "apiserver-relay": lambda: node.relay_cmd(apiserver_port),
+        }
+        return commands[name]()
 
     def _start_node(
         self,
@@ -600,6 +605,12 @@ class Cluster:
         launch("metrics-server")
         node.register_metrics_api(api, ports.metrics_server)
         self._wait("metrics API Available", lambda: node.metrics_api_available(api), deadline)
+
+        self.log(f"starting CoreDNS {versions.COREDNS_VERSION} behind {coredns.DNS_SERVICE_IP}")
+        node.register_dns(api, ports.coredns)
+        launch("coredns")
+        dns = ApiClient(f"http://127.0.0.1:{ports.coredns_ready}")
+        self._wait("CoreDNS /ready", lambda: dns.ok("/ready"), deadline)
 
     def _nodes_ready(self, api: ApiClient) -> bool:
         """Both fake nodes Ready with no taints left (not-ready taints go once Ready)."""
@@ -669,7 +680,14 @@ class Cluster:
         left, then kube-proxy's rules, mounts, cgroups, and the host settings.
         """
         nl = self.node_layout
-        first = ("metrics-server", "kube-router", "kube-proxy", "kubelet", "apiserver-relay")
+        first = (
+            "coredns",
+            "metrics-server",
+            "kube-router",
+            "kube-proxy",
+            "kubelet",
+            "apiserver-relay",
+        )
         stopped = process.stop([recs[n] for n in first if n in recs])
         found = binaries.locate_all(["crictl", "kube-proxy"])
         if "containerd" in recs and process.alive(recs["containerd"]):

@@ -135,6 +135,14 @@ def cri_tools_gomod(version: str = versions.CRI_TOOLS_VERSION) -> str:
     )
 
 
+def coredns_gomod(version: str = versions.COREDNS_VERSION) -> str:
+    return _gomod_text(
+        "coredns",
+        require={"github.com/coredns/coredns": version},
+        tools=list(versions.COREDNS_COMMANDS.values()),
+    )
+
+
 _REQUIRE_RE = re.compile(r"^(?:require\s+|\t)([\w./~-]+)\s+(v\S+)")
 
 
@@ -178,6 +186,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "metrics-server": metrics_server_gomod,
     "cri-tools": cri_tools_gomod,
     "kube-router": kube_router_gomod,
+    "coredns": coredns_gomod,
 }
 #: Wrappers whose go.sum is filled without ``go mod tidy`` (see kube_router_gomod).
 _NO_TIDY = {"kube-router": list(versions.KUBE_ROUTER_COMMANDS.values())}

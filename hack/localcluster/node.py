@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from localcluster import certs, images
+from localcluster import certs, coredns, images
 from localcluster.api import ApiClient
 
 Log = Callable[[str], None]
@@ -50,7 +50,15 @@ SYSCTLS = {
     "net/bridge/bridge-nf-call-iptables": "1",  # kube-proxy's DNAT must see bridged packets
 }
 #: Order of the node's processes; ``down`` stops them in reverse (kubelet before containerd).
-ORDER = ("containerd", "kubelet", "kube-proxy", "kube-router", "metrics-server", "apiserver-relay")
+ORDER = (
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "kube-router",
+    "metrics-server",
+    "coredns",
+    "apiserver-relay",
+)
 HOST_TOOLS = {
     "containerd": "containerd",
     "containerd-shim-runc-v2": "containerd",
@@ -92,6 +100,9 @@ class NodePorts:
     proxy_healthz: int
     proxy_metrics: int
     metrics_server: int
+    coredns: int
+    coredns_health: int
+    coredns_ready: int
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
@@ -146,6 +157,10 @@ class NodeLayout:
     @property
     def metrics_server_dir(self) -> Path:
         return self.root / "metrics-server"
+
+    @property
+    def corefile(self) -> Path:
+        return self.root / "coredns" / "Corefile"
 
     def kubeconfig(self, who: str) -> Path:
         return self.root / "kubeconfigs" / f"{who}.kubeconfig"
@@ -465,8 +480,11 @@ def kubelet_config(lay: NodeLayout, ports: NodePorts, pki: certs.Pki) -> dict[st
         "failCgroupV1": False,
         "containerRuntimeEndpoint": f"unix://{lay.containerd_sock}",
         "imageServiceEndpoint": f"unix://{lay.containerd_sock}",
-        "clusterDomain": "cluster.local",
-        # No cluster DNS; pods get an empty resolv.conf instead of the host's unreachable one.
+        # CoreDNS behind the kube-dns Service: pods get it, the cluster search domains and
+        # ndots:5 in resolv.conf. The host's own resolv.conf is not for pods (no route out):
+        # an empty file adds no upstream servers or search domains.
+        "clusterDNS": [coredns.DNS_SERVICE_IP],
+        "clusterDomain": coredns.CLUSTER_DOMAIN,
         "resolvConf": str(lay.resolv_conf),
         "podLogsDir": str(lay.pod_logs),
         "volumePluginDir": str(lay.kubelet_dir / "volume-plugins"),
@@ -528,6 +546,16 @@ def write_configs(lay: NodeLayout, ports: NodePorts, pki: certs.Pki, service_cid
     lay.kubelet_config.write_text(json.dumps(kubelet_config(lay, ports, pki), indent=2))
     lay.proxy_config.write_text(json.dumps(proxy_config(lay, ports), indent=2))
     lay.metrics_server_dir.mkdir(parents=True, exist_ok=True)
+    lay.corefile.parent.mkdir(parents=True, exist_ok=True)
+    lay.corefile.write_text(
+        coredns.corefile(
+            bind=NODE_IP,
+            port=ports.coredns,
+            health_port=ports.coredns_health,
+            ready_port=ports.coredns_ready,
+            kubeconfig=lay.kubeconfig("coredns"),
+        )
+    )
 
 
 # -- command lines --------------------------------------------------------------------------
@@ -662,6 +690,10 @@ def metrics_server_cmd(
     ]
 
 
+def coredns_cmd(binary: Path, lay: NodeLayout) -> list[str]:
+    return coredns.command(binary, lay.corefile)
+
+
 def env() -> dict[str, str]:
     """PATH with /usr/sbin (runc, iptables, mount) for the node's processes."""
     path = os.environ.get("PATH", "")
@@ -723,7 +755,17 @@ def metrics_api_objects(port: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 def register_metrics_api(api: ApiClient, port: int) -> None:
-    for path, body in metrics_api_objects(port):
+    create(api, metrics_api_objects(port))
+
+
+def register_dns(api: ApiClient, port: int) -> None:
+    """CoreDNS's RBAC, the kube-dns Service and its EndpointSlice (the host process)."""
+    create(api, coredns.api_objects(node_ip=NODE_IP, port=port))
+
+
+def create(api: ApiClient, objects: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """POST each object; one that exists already is left as it is."""
+    for path, body in objects:
         resp = api.post(path, body)
         if resp.status not in (201, 409):
             raise NodeError(f"POST {path}: HTTP {resp.status}: {resp.body!r}")

@@ -15,6 +15,8 @@ METRICS_SERVER_VERSION: Final = "v0.8.0"
 CRI_TOOLS_VERSION: Final = "v1.34.0"
 #: The newest kube-router the Go module proxy serves here.
 KUBE_ROUTER_VERSION: Final = "v2.1.0"
+#: What kubeadm v1.34 deploys (cmd/kubeadm/app/constants: CoreDNSVersion).
+COREDNS_VERSION: Final = "v1.12.1"
 
 #: Binary name -> Go main package. Order matters: it is the build order.
 KUBERNETES_COMMANDS: Final = {
@@ -42,6 +44,8 @@ KUBE_ROUTER_COMMANDS: Final = {
 }
 #: Feeds the HPA real CPU usage from the kubelet's summary API (real node only).
 METRICS_SERVER_COMMANDS: Final = {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"}
+#: Cluster DNS (real node only); the module root is CoreDNS's main package, all plugins in.
+COREDNS_COMMANDS: Final = {"coredns": "github.com/coredns/coredns"}
 
 
 def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:

@@ -355,10 +355,63 @@ class Server(Model):
 _ZERO = "['0', '0%']"
 
 
+class CanaryStep(Model):
+    """One step of a canary: a share of the serving pods runs the new version for a while."""
+
+    weight: int = Field(ge=1, le=99)
+    """Percent of the serving pods that run the new version during this step."""
+
+    pause_seconds: int = Field(default=60, ge=0, le=86400)
+    """How long to hold this step (while the analysis judges the canary) before the next."""
+
+
+class CanaryAnalysis(Model):
+    """The gates that judge the canary against the stable version on the same traffic."""
+
+    interval_seconds: int = Field(default=30, ge=5, le=3600)
+    """How often the canary is judged (its pods' and the stable pods' /metrics are read)."""
+
+    min_requests: int = Field(default=50, ge=1, le=10_000_000)
+    """Requests the canary must have answered since the last verdict before it is judged."""
+
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """Highest share of 5xx answers from the canary."""
+
+    max_latency_ratio: float = Field(default=2.0, ge=0.01, le=1000)
+    """Highest canary p99 latency / stable p99 latency."""
+
+    max_prediction_shift: float = Field(default=0.2, ge=0, le=100)
+    """Highest population stability index between the canary's and the stable version's
+    prediction distributions (per class for classifiers, a histogram for regressors)."""
+
+    failure_limit: int = Field(default=1, ge=0, le=100)
+    """Failed intervals tolerated; one more rolls the canary back."""
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [CanaryStep(weight=25, pause_seconds=60), CanaryStep(weight=50, pause_seconds=60)]
+
+
+class Canary(Model):
+    """How a canary proceeds; after its last step the new version is promoted."""
+
+    steps: list[CanaryStep] = Field(default_factory=_default_steps, min_length=1, max_length=20)
+    """The steps, in order (default: 25 % for 60 s, then 50 % for 60 s)."""
+
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    """The gates judged at every interval."""
+
+
 class Rollout(
     Model,
     json_schema_extra={
         "x-kubernetes-validations": [
+            cel(
+                "!has(self.canary) || self.strategy == 'Canary'",
+                "rollout.canary is only used with strategy Canary: set rollout.strategy: Canary",
+                ".canary",
+                twin=lambda r: r.canary is None or r.strategy == "Canary",
+            ),
             cel(
                 f"!has(self.maxSurge) || !(string(self.maxSurge) in {_ZERO}) || "
                 f"(has(self.maxUnavailable) && !(string(self.maxUnavailable) in {_ZERO}))",
@@ -369,7 +422,7 @@ class Rollout(
                     or str(r.max_surge) not in ("0", "0%")
                     or (r.max_unavailable is not None and str(r.max_unavailable) not in ("0", "0%"))
                 ),
-            )
+            ),
         ]
     },
 ):
@@ -386,6 +439,16 @@ class Rollout(
     progress_deadline_seconds: int | None = Field(default=None, ge=10, le=86400)
     """Seconds a rollout may make no progress before it is reported Stalled
     (ProgressDeadlineExceeded); default 600."""
+
+    strategy: Literal["RollingUpdate", "Canary"] = "RollingUpdate"
+    """RollingUpdate replaces the pods as soon as new ones are Ready; Canary runs the new
+    version beside the stable one in steps, judged by an analysis, and promotes or rolls back."""
+
+    canary: Canary | None = None
+    """Steps and analysis of the Canary strategy (defaults apply when absent)."""
+
+    def canary_settings(self) -> Canary:
+        return self.canary or Canary()
 
 
 class LabelSelectorRequirement(Model):
@@ -566,6 +629,9 @@ class Reason(StrEnum):
     DIGEST_MISMATCH = "DigestMismatch"
     DIGEST_NOT_PINNED = "DigestNotPinned"
     VERIFYING = "Verifying"
+    # Canary (Ready / Reconciling / Stalled)
+    CANARY_PROGRESSING = "CanaryProgressing"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
 
 
 class Phase(StrEnum):
@@ -620,6 +686,90 @@ class ServedModel(Model):
     """The free-text version."""
 
 
+class CanaryFigures(Model):
+    """One version's figures over the last analysed interval."""
+
+    requests: int | None = None
+    """Requests answered in the interval."""
+
+    error_rate: float | None = None
+    """Share of 5xx answers."""
+
+    latency_p99_seconds: float | None = None
+    """99th percentile latency (from the server's histogram)."""
+
+
+class CanaryAnalysisStatus(Model):
+    """The last verdict of the canary analysis and the figures behind it."""
+
+    verdict: Literal["Passed", "Failed", "Inconclusive"] | None = None
+    """Passed, Failed (a gate exceeded) or Inconclusive (fewer than minRequests so far)."""
+
+    message: str | None = Field(default=None, max_length=1024)
+    """What the verdict rests on; names the failed gate and its figure."""
+
+    stable: CanaryFigures | None = None
+    """The stable version's figures."""
+
+    canary: CanaryFigures | None = None
+    """The canary's figures."""
+
+    latency_ratio: float | None = None
+    """Canary p99 / stable p99."""
+
+    prediction_shift: float | None = None
+    """PSI between the two versions' prediction distributions."""
+
+    failures: int = 0
+    """Failed intervals so far in this canary."""
+
+    time: str | None = None
+    """When the verdict was made."""
+
+
+class CanaryStatus(Model):
+    """Progress of a canary rollout; the operator resumes from it after a restart."""
+
+    state: Literal["Progressing", "Paused", "Promoted", "RolledBack"]
+    """Progressing, Paused (waiting for enough traffic to judge), Promoted or RolledBack."""
+
+    step: int = Field(ge=0)
+    """The current step, from 1 (0 before the first)."""
+
+    steps: int = Field(ge=1)
+    """How many steps the canary has."""
+
+    weight: int = Field(default=0, ge=0, le=100)
+    """Measured percent of ready serving pods that run the canary."""
+
+    progress: str = ""
+    """One line for `kubectl get -o wide`."""
+
+    model: ServedModel | None = None
+    """The canary's model."""
+
+    analysis: CanaryAnalysisStatus | None = None
+    """The last analysis."""
+
+    template_hash: str = ""
+    """Which pod template (spec) the canary runs: a new one starts the canary over."""
+
+    started_at: str | None = None
+    """When the canary started."""
+
+    step_started_at: str | None = None
+    """When the current step began (its pods were asked for)."""
+
+    split_at: str | None = None
+    """When the current step's share was reached (its pause counts from here)."""
+
+    passed: int = 0
+    """Passed analyses in the current step."""
+
+    baseline: dict[str, dict[str, float]] | None = None
+    """Per version, the counters read at the start of the interval being analysed."""
+
+
 class ModelDeploymentStatus(Model):
     """Observed state, written only by the operator."""
 
@@ -662,6 +812,9 @@ class ModelDeploymentStatus(Model):
 
     model: ServedModel | None = None
     """The model being served."""
+
+    canary: CanaryStatus | None = None
+    """The canary rollout in progress, or the last one."""
 
 
 class ModelDeployment(

@@ -209,6 +209,8 @@ class Controller:
             if error is not None:
                 floor = max(floor, error.retry_after)
             return Result(failed=True, retry_at_least=floor)
+        if outcome.requeue_after is not None:  # a canary: its own clock
+            return Result(requeue_after=outcome.requeue_after)
         if outcome.phase in SETTLED_PHASES:
             self._unsettled.pop(key, None)
             self._unsettled_since.pop(key, None)
@@ -231,19 +233,21 @@ class Controller:
             "namespace": meta["namespace"],
             "uid": meta["uid"],
         }
-        for transition in outcome.transitions:
-            reason = (
+        events = [
+            (
+                "Warning" if transition.warning else "Normal",
                 str(transition.reason)
                 if transition.type == api.ConditionType.READY
-                else f"{transition.type}{transition.status}"
+                else f"{transition.type}{transition.status}",
+                f"{transition.type}={transition.status}: {transition.message}",
             )
+            for transition in outcome.transitions
+        ]
+        events += [(event.type, event.reason, event.message) for event in outcome.events]
+        for type_, reason, message in events:
             try:
                 self.reconciler.kube.post_event(
-                    involved,
-                    type_="Warning" if transition.warning else "Normal",
-                    reason=reason,
-                    message=f"{transition.type}={transition.status}: {transition.message}",
-                    component=COMPONENT,
+                    involved, type_=type_, reason=reason, message=message, component=COMPONENT
                 )
             except KubeError as error:
                 logger.warning("cannot post an Event for %s/%s: %s", *_key(body), error.message)

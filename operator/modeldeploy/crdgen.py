@@ -38,6 +38,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
     {"name": "Model", "type": "string", "jsonPath": ".status.model.uri"},
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canary.progress", "priority": 1},
     {"name": "Version", "type": "string", "jsonPath": ".spec.model.version", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},

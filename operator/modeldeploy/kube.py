@@ -212,6 +212,28 @@ class Kube:
         }
         return self.apply(handoff, field_manager=f"{self._settings.field_manager}-handoff")
 
+    def scale(self, namespace: str, name: str, replicas: int) -> Obj:
+        """Set a Deployment's replicas and nothing else (the stable one, frozen during a canary)."""
+        return self._call(
+            "PATCH",
+            _path(DEPLOYMENT.api_version, DEPLOYMENT.plural, namespace, name),
+            kind=DEPLOYMENT.kind,
+            body={"spec": {"replicas": replicas}},
+            query=[("fieldManager", self._settings.field_manager)],
+            content_type=MERGE,
+        )
+
+    def remove_annotation(self, namespace: str, name: str, key: str) -> None:
+        """Remove one annotation of a ModelDeployment (a command that has been carried out)."""
+        self._call(
+            "PATCH",
+            _path(api.API_VERSION, api.PLURAL, namespace, name),
+            kind=api.KIND,
+            body={"metadata": {"annotations": {key: None}}},
+            query=[("fieldManager", self._settings.field_manager)],
+            content_type=MERGE,
+        )
+
     def delete(self, kind: ChildKind, namespace: str, name: str) -> bool:
         """Delete a child; False when it was already gone."""
         try:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import api, metrics, render, status
+from modeldeploy import api, canary, metrics, render, scrape, status
 from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
@@ -79,6 +79,9 @@ class Outcome:
     # Why the children could not be applied (retried with backoff until they can).
     apply_error: KubeError | None = None
     name_conflict: bool = False
+    # A canary in progress: when to look again, and what to tell (as Events).
+    requeue_after: float | None = None
+    events: list[canary.Event] = field(default_factory=list)
 
     @property
     def did_something(self) -> bool:
@@ -139,11 +142,14 @@ class CachedChild:
 def _status_view(deployment: Obj) -> Obj:
     """The parts of a Deployment that status is computed from."""
     meta = deployment.get("metadata") or {}
+    hashed = (meta.get("annotations") or {}).get(canary.TEMPLATE_HASH_ANNOTATION)
     return {
         "metadata": {
+            "name": meta.get("name"),
             "uid": meta.get("uid"),
             "generation": meta.get("generation"),
             "ownerReferences": meta.get("ownerReferences") or [],
+            "annotations": {canary.TEMPLATE_HASH_ANNOTATION: hashed} if hashed else {},
         },
         "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
         "status": deployment.get("status") or {},
@@ -196,8 +202,8 @@ class Reconciler:
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="kube-io")
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        # (resource uid, kind) -> (digest of the rendered child, its fingerprint after apply)
-        self._applied: dict[tuple[str, str], tuple[str, str]] = {}
+        # (resource uid, kind, name) -> (digest of the rendered child, its fingerprint after apply)
+        self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._phases: dict[str, str] = {}
         # The status this operator last wrote, per resource: it is the only status writer, and
         # a body handed in by a watch event can predate that write.
@@ -250,7 +256,8 @@ class Reconciler:
         if deleted or child.get("kind") == render.DEPLOYMENT.kind:
             return True
         owner = controller_uid(child)
-        applied = self._applied.get((owner or "", str(child.get("kind"))))
+        name = (child.get("metadata") or {}).get("name", "")
+        applied = self._applied.get((owner or "", str(child.get("kind")), name))
         return applied is None or applied[1] != fingerprint(child)
 
     def reconcile(
@@ -315,10 +322,14 @@ class Reconciler:
         except ValidationError as error:
             spec_error = describe_validation_error(error)
 
+        written = self._written.get(uid)
+        previous = written if written is not None else body.get("status") or {}
         deployment: Obj | None = None
+        move: canary.Move | None = None
         if spec is not None:
             try:
-                deployment = self._apply_children(spec, owner, outcome, full=full)
+                move = self._canary_move(spec, owner, body, previous, full=full)
+                deployment = self._apply_children(spec, owner, outcome, full=full, move=move)
                 self._apply_failures.pop(uid, None)
             except KubeError as error:
                 outcome.apply_error = error
@@ -331,7 +342,7 @@ class Reconciler:
                     permanent=True, message=str(error), reason=api.Reason.NAME_CONFLICT
                 )
             if deployment is None:
-                deployment = self._deployment(owner, full=full)
+                deployment = self._deployment(owner, owner.name, full=full)
         if deployment is not None and controller_uid(deployment) != uid:
             deployment = None  # someone else's: its rollout says nothing about this resource
 
@@ -349,9 +360,10 @@ class Reconciler:
             selector=render.selector_string(owner),
             url=render.service_url(owner, self.settings.cluster_domain),
             apply_failure=self._apply_failures.get(uid),
+            canary=None
+            if move is None
+            else status.CanaryView(move.status, move.conditions, stalled=move.stalled),
         )
-        written = self._written.get(uid)
-        previous = written if written is not None else body.get("status") or {}
         new_status, transitions = status.compute_status(observed, previous, self.clock())
         outcome.phase = new_status["phase"]
         if status.status_differs(previous, new_status):
@@ -362,14 +374,103 @@ class Reconciler:
             outcome.transitions = transitions
         return outcome
 
-    def _deployment(self, owner: render.Owner, *, full: bool) -> Obj | None:
-        cached = None if full else self.children.get(render.DEPLOYMENT, owner.namespace, owner.name)
+    def _deployment(self, owner: render.Owner, name: str, *, full: bool) -> Obj | None:
+        cached = None if full else self.children.get(render.DEPLOYMENT, owner.namespace, name)
         if cached is not None and cached.deployment is not None:
             return cached.deployment
-        live = self.kube.get(render.DEPLOYMENT, owner.namespace, owner.name)
+        live = self.kube.get(render.DEPLOYMENT, owner.namespace, name)
         if live is not None:
             self.children.observe(live)
         return live
+
+    # --- canary ----------------------------------------------------------------------------
+
+    def _canary_move(
+        self,
+        spec: api.ModelDeploymentSpec,
+        owner: render.Owner,
+        body: Obj,
+        previous: Obj,
+        *,
+        full: bool,
+    ) -> canary.Move | None:
+        """What the canary logic wants of this pass; None for a resource that never had one
+        (the common case costs nothing)."""
+        rollout = spec.rollout or api.Rollout()
+        canary_name = canary.canary_name(owner.name)
+        if (
+            rollout.strategy != "Canary"
+            and not previous.get("canary")
+            and self.children.get(render.DEPLOYMENT, owner.namespace, canary_name) is None
+        ):
+            return None
+        stable = self._deployment(owner, owner.name, full=full)
+        live_canary = self._deployment(owner, canary_name, full=full)
+        if stable is not None and controller_uid(stable) != owner.uid:
+            stable = None
+        if live_canary is not None and controller_uid(live_canary) != owner.uid:
+            raise NameConflictError(render.DEPLOYMENT.kind, owner.namespace, canary_name)
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        command = annotations.get(canary.COMMAND_ANNOTATION)
+        failure = None
+        if live_canary is not None and not canary.rolled_out(live_canary):
+            # Starting, or stuck: a stuck container says why (only while a canary waits).
+            pods = self.kube.list_pods(
+                owner.namespace,
+                f"{render.selector_string(owner)},{canary.TRACK_LABEL}={canary.CANARY}",
+            )
+            found = status.summarize_pod_failure(pods)
+            failure = f"{found.reason}: {found.message}" if found else None
+        wanted = render.render_deployment(owner, spec, self.settings)
+        world = canary.World(
+            spec=spec,
+            template_hash=wanted["metadata"]["annotations"][canary.TEMPLATE_HASH_ANNOTATION],
+            stable=stable,
+            canary=live_canary,
+            previous=api.CanaryStatus.model_validate(previous["canary"])
+            if previous.get("canary")
+            else None,
+            command=command if command in ("promote", "abort") else None,
+            now=datetime.now(UTC),
+            canary_pod_failure=failure,
+        )
+        move = canary.decide(world)
+        if move.needs_readings:
+            move = canary.decide(world, self._readings(owner))
+        if move.clear_command:
+            self.kube.remove_annotation(owner.namespace, owner.name, canary.COMMAND_ANNOTATION)
+        return move
+
+    def _readings(self, owner: render.Owner) -> dict[str, scrape.Counters]:
+        """Both versions' counters, summed over their ready pods (pods that cannot be read
+        count as silent: the gates need ``minRequests`` before they judge)."""
+        pods = self.kube.list_pods(owner.namespace, render.selector_string(owner), limit=500)
+        targets: list[tuple[str, str]] = []
+        for pod in pods:
+            st = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in st.get("conditions") or []
+            )
+            if ready and st.get("podIP"):
+                track = ((pod.get("metadata") or {}).get("labels") or {}).get(
+                    canary.TRACK_LABEL, canary.STABLE
+                )
+                targets.append((track, f"http://{st['podIP']}:{render.HEALTH_PORT}/metrics"))
+
+        def read(target: tuple[str, str]) -> tuple[str, scrape.Counters]:
+            track, url = target
+            try:
+                return track, scrape.counters(scrape.fetch(url))
+            except (OSError, ValueError) as error:
+                logger.info("cannot read %s for the canary analysis: %s", url, error)
+                return track, {}
+
+        found = list(self._io.map(read, targets))
+        return {
+            track: scrape.total(counters for t, counters in found if t == track)
+            for track in (canary.STABLE, canary.CANARY)
+        }
 
     @staticmethod
     def _rolled_out(deployment: Obj) -> bool:
@@ -383,34 +484,44 @@ class Reconciler:
         )
 
     def _live_fingerprint(
-        self, kind: render.ChildKind, owner: render.Owner, *, full: bool
+        self, kind: render.ChildKind, owner: render.Owner, name: str, *, full: bool
     ) -> tuple[str | None, Obj | None, bool]:
         """The child's fingerprint if this resource controls it, the object, and whether it
         was read from the API server (a full pass reads; otherwise the cache answers)."""
         if full:
-            live = self.kube.get(kind, owner.namespace, owner.name)
+            live = self.kube.get(kind, owner.namespace, name)
             if live is None:
                 return None, None, True
             self.children.observe(live)
             return (fingerprint(live) if controller_uid(live) == owner.uid else None), live, True
-        cached = self.children.get(kind, owner.namespace, owner.name)
+        cached = self.children.get(kind, owner.namespace, name)
         if cached is None or cached.controller != owner.uid:
             return None, None, False
         return cached.fingerprint, None, False
 
     def _apply_children(
-        self, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome, *, full: bool
+        self,
+        spec: api.ModelDeploymentSpec,
+        owner: render.Owner,
+        outcome: Outcome,
+        *,
+        full: bool,
+        move: canary.Move | None = None,
     ) -> Obj | None:
         """Write the children that differ; the Deployment as applied or read, if known."""
         children = render.render_children(owner, spec, self.settings)
-        pending, deployment = self._differing(children.wanted, owner, full=full)
+        wanted, unwanted = children.wanted, [(kind, owner.name) for kind in children.unwanted]
+        frozen: Obj | None = None
+        if move is not None:
+            frozen = self._plan_canary(
+                move, spec=spec, owner=owner, outcome=outcome, wanted=wanted, unwanted=unwanted
+            )
+        pending, deployment = self._differing(wanted, owner, full=full)
         # Ownership is read from the API server before anything is written.
         lives = list(
             self._io.map(
                 lambda item: (
-                    item.live
-                    if item.read
-                    else self.kube.get(item.kind, owner.namespace, owner.name)
+                    item.live if item.read else self.kube.get(item.kind, owner.namespace, item.name)
                 ),
                 pending,
             )
@@ -418,7 +529,7 @@ class Reconciler:
         checked: list[_Pending] = []
         for item, live in zip(pending, lives, strict=True):
             if live is not None and controller_uid(live) != owner.uid:
-                raise NameConflictError(item.kind.kind, owner.namespace, owner.name)
+                raise NameConflictError(item.kind.kind, owner.namespace, item.name)
             checked.append(_Pending(item.wanted, item.kind, item.digest, live, read=True))
         writes = [self._io.submit(self._write, item, spec, owner, outcome) for item in checked]
         failed: KubeError | None = None
@@ -428,13 +539,49 @@ class Reconciler:
             except KubeError as error:  # the others are written and remembered all the same
                 failed = failed or error
                 continue
-            if item.kind == render.DEPLOYMENT:
+            if item.kind == render.DEPLOYMENT and item.name == owner.name:
                 deployment = applied
         if failed is not None:
             raise failed
-        for kind in children.unwanted:
-            self._delete_unwanted(kind, owner, outcome, full=full)
+        for kind, name in unwanted:
+            self._delete_unwanted(kind, owner, name, outcome, full=full)
+        if frozen is not None and move is not None:
+            deployment = frozen
+            target = move.stable_replicas
+            if target is not None and (frozen.get("spec") or {}).get("replicas") != target:
+                deployment = self.kube.scale(owner.namespace, owner.name, target)
+                self.children.observe(deployment)
+                metrics.WRITES.labels(kind=render.DEPLOYMENT.kind, verb="scale").inc()
+                outcome.changed.append("Deployment/scale")
         return deployment
+
+    def _plan_canary(
+        self,
+        move: canary.Move,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: render.Owner,
+        outcome: Outcome,
+        wanted: list[Obj],
+        unwanted: list[tuple[render.ChildKind, str]],
+    ) -> Obj | None:
+        """Adjust the children to the canary's move (in place); the stable Deployment when it
+        is frozen (kept on its template, only scaled)."""
+        frozen = None
+        if not move.apply_stable:
+            wanted[:] = [obj for obj in wanted if obj["kind"] != render.DEPLOYMENT.kind]
+            frozen = self._deployment(owner, owner.name, full=False)
+        if move.canary_replicas is not None:
+            wanted.append(
+                render.render_deployment(
+                    owner, spec, self.settings, track=canary.CANARY, replicas=move.canary_replicas
+                )
+            )
+        elif move.delete_canary:
+            unwanted.append((render.DEPLOYMENT, canary.canary_name(owner.name)))
+        outcome.requeue_after = move.requeue_after
+        outcome.events = move.events
+        return frozen
 
     def _differing(
         self, wanted: list[Obj], owner: render.Owner, *, full: bool
@@ -443,13 +590,15 @@ class Reconciler:
         on an idle resource), and the live Deployment when it was read and is unchanged."""
         pending: list[_Pending] = []
         deployment: Obj | None = None
-        kinds = [render.child_kind(obj["kind"]) for obj in wanted]
-        found = list(self._io.map(lambda k: self._live_fingerprint(k, owner, full=full), kinds))
-        for obj, kind, (live_fp, live, read) in zip(wanted, kinds, found, strict=True):
+        kinds = [(render.child_kind(obj["kind"]), obj["metadata"]["name"]) for obj in wanted]
+        found = list(
+            self._io.map(lambda k: self._live_fingerprint(k[0], owner, k[1], full=full), kinds)
+        )
+        for obj, (kind, name), (live_fp, live, read) in zip(wanted, kinds, found, strict=True):
             digest = _digest(obj)
-            applied = self._applied.get((owner.uid, kind.kind))
+            applied = self._applied.get((owner.uid, kind.kind, name))
             if live_fp is not None and applied == (digest, live_fp):
-                if kind == render.DEPLOYMENT:
+                if kind == render.DEPLOYMENT and name == owner.name:
                     deployment = live
                 continue
             pending.append(_Pending(obj, kind, digest, live, read))
@@ -461,6 +610,7 @@ class Reconciler:
         live = item.live
         if (
             item.kind == render.DEPLOYMENT
+            and item.name == owner.name
             and live is not None
             and spec.autoscaling is not None
             and not spec.suspend
@@ -476,26 +626,34 @@ class Reconciler:
         self.children.observe(applied)
         after = fingerprint(applied)
         if live is None or fingerprint(live) != after:
-            outcome.changed.append(item.kind.kind)
-        self._applied[(owner.uid, item.kind.kind)] = (item.digest, after)
+            outcome.changed.append(
+                item.kind.kind if item.name == owner.name else f"{item.kind.kind}/{item.name}"
+            )
+        self._applied[(owner.uid, item.kind.kind, item.name)] = (item.digest, after)
         return applied
 
     def _delete_unwanted(
-        self, kind: render.ChildKind, owner: render.Owner, outcome: Outcome, *, full: bool
+        self,
+        kind: render.ChildKind,
+        owner: render.Owner,
+        name: str,
+        outcome: Outcome,
+        *,
+        full: bool,
     ) -> None:
-        self._applied.pop((owner.uid, kind.kind), None)
+        self._applied.pop((owner.uid, kind.kind, name), None)
         if not full:
-            cached = self.children.get(kind, owner.namespace, owner.name)
+            cached = self.children.get(kind, owner.namespace, name)
             if cached is None or cached.controller != owner.uid:
                 return
-        existing = self.kube.get(kind, owner.namespace, owner.name)
+        existing = self.kube.get(kind, owner.namespace, name)
         if (
             existing is not None
             and controller_uid(existing) == owner.uid
-            and self.kube.delete(kind, owner.namespace, owner.name)
+            and self.kube.delete(kind, owner.namespace, name)
         ):
             metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
-            outcome.deleted.append(kind.kind)
+            outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
 
 
 @dataclass(frozen=True)
@@ -508,3 +666,8 @@ class _Pending:
     digest: str
     live: Obj | None
     read: bool
+
+    @property
+    def name(self) -> str:
+        name: str = self.wanted["metadata"]["name"]
+        return name

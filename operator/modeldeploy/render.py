@@ -7,12 +7,14 @@ Deployment's ``replicas`` under autoscaling is the important case).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from modeldeploy import api
+from modeldeploy import api, canary
 from modeldeploy.settings import Settings
 
 Obj = dict[str, Any]
@@ -23,6 +25,7 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
 
 SERVER_PORT = 8080
 HEALTH_PORT = 8081  # the server's probe listener (in its supervisor, apart from inference)
@@ -270,8 +273,21 @@ def _fetch_container(image: str, model: api.ModelSource) -> Obj:
     return container
 
 
-def render_deployment(owner: Owner, spec: api.ModelDeploymentSpec, settings: Settings) -> Obj:
-    """The Deployment running the model server."""
+def template_hash(template: Obj) -> str:
+    """Identifies a pod template (whichever track it runs as): the canary's starting point."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render_deployment(
+    owner: Owner,
+    spec: api.ModelDeploymentSpec,
+    settings: Settings,
+    *,
+    track: str = canary.STABLE,
+    replicas: int | None = None,
+) -> Obj:
+    """The Deployment running the model server: the stable one, or ``<name>-canary`` (with
+    ``replicas`` pods) running the spec's template beside a stable one that does not yet."""
     image = spec.server.image if spec.server and spec.server.image else settings.server_image
     placement = model_placement(spec.model)
     rollout = spec.rollout or api.Rollout()
@@ -350,17 +366,29 @@ def render_deployment(owner: Owner, spec: api.ModelDeploymentSpec, settings: Set
                 "labels": labels,
                 "annotations": {
                     "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(SERVER_PORT),
+                    "prometheus.io/port": str(HEALTH_PORT),
                     "prometheus.io/path": "/metrics",
                 },
             },
             "spec": pod_spec,
         },
     }
-    replicas = desired_replicas(spec)
+    hashed = template_hash(deployment_spec["template"])
+    labels[canary.TRACK_LABEL] = track
+    if track == canary.CANARY:
+        deployment_spec["selector"] = {
+            "matchLabels": {**selector_labels(owner), canary.TRACK_LABEL: canary.CANARY}
+        }
+    else:
+        replicas = desired_replicas(spec)
     if replicas is not None:
         deployment_spec["replicas"] = replicas
-    return _object(DEPLOYMENT, owner, deployment_spec)
+    deployment = _object(DEPLOYMENT, owner, deployment_spec)
+    deployment["metadata"]["annotations"] = {canary.TEMPLATE_HASH_ANNOTATION: hashed}
+    if track == canary.CANARY:
+        deployment["metadata"]["name"] = canary.canary_name(owner.name)
+        deployment["metadata"]["labels"][canary.TRACK_LABEL] = canary.CANARY
+    return deployment
 
 
 def render_service(owner: Owner) -> Obj:
@@ -412,8 +440,12 @@ def render_hpa(owner: Owner, autoscaling: api.Autoscaling) -> Obj:
     return _object(HPA, owner, spec)
 
 
-def render_network_policy(owner: Owner, settings: api.NetworkPolicySettings) -> Obj:
-    """Ingress to the server port only from allowFrom (default: pods of the same namespace)."""
+def render_network_policy(
+    owner: Owner, settings: api.NetworkPolicySettings, operator_namespace: str | None = None
+) -> Obj:
+    """Ingress to the server port only from allowFrom (default: pods of the same namespace);
+    the operator's namespace may reach the health port (probes' answers and /metrics, which the
+    canary analysis reads) and nothing else."""
     peers: list[Obj] = (
         [peer.model_dump(by_alias=True, exclude_none=True) for peer in settings.allow_from]
         if settings.allow_from
@@ -425,7 +457,25 @@ def render_network_policy(owner: Owner, settings: api.NetworkPolicySettings) -> 
         {
             "podSelector": {"matchLabels": selector_labels(owner)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]}],
+            "ingress": [
+                {"from": peers, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
+                *(
+                    [
+                        {
+                            "from": [
+                                {
+                                    "namespaceSelector": {
+                                        "matchLabels": {NAMESPACE_NAME_LABEL: operator_namespace}
+                                    }
+                                }
+                            ],
+                            "ports": [{"protocol": "TCP", "port": HEALTH_PORT}],
+                        }
+                    ]
+                    if operator_namespace
+                    else []
+                ),
+            ],
         },
     )
 
@@ -457,7 +507,7 @@ def render_children(owner: Owner, spec: api.ModelDeploymentSpec, settings: Setti
         unwanted.append(HPA)
     network = spec.network_policy or api.NetworkPolicySettings()
     if network.enabled:
-        wanted.append(render_network_policy(owner, network))
+        wanted.append(render_network_policy(owner, network, settings.lease_namespace))
     else:
         unwanted.append(NETWORK_POLICY)
     if max_possible_replicas(spec) > 1:

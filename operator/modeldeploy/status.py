@@ -71,6 +71,17 @@ class Observed:
     selector: str
     url: str
     apply_failure: ApplyFailure | None = None
+    canary: CanaryView | None = None
+
+
+@dataclass(frozen=True)
+class CanaryView:
+    """A canary's say in the status: its progress, and Ready's verdict while it runs (or after
+    its rollback, ``stalled``)."""
+
+    status: api.CanaryStatus | None
+    ready: tuple[str, str, str] | None = None  # status, reason, message
+    stalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,23 @@ def _refused_verdict(refused: ApplyFailure, dep: Mapping[str, Any] | None) -> _V
     )
 
 
+def _overriding_verdict(observed: Observed) -> _Verdict | None:
+    """A refused child, or a canary, decides the verdict before the Deployment's rollout does.
+
+    While a canary runs the stable version serves: progressing; after a rollback it still
+    serves, but the spec is not what runs: degraded and stalled until the spec changes."""
+    if observed.apply_failure is not None:
+        return _refused_verdict(observed.apply_failure, observed.deployment)
+    view = observed.canary
+    if view is None or view.ready is None or observed.deployment is None:
+        return None
+    _, reason, message = view.ready
+    wanted: Wanted = ("False", Reason(reason), message)
+    if view.stalled:
+        return _Verdict(phase=Phase.DEGRADED, ready=wanted, stalled=("True", *wanted[1:]))
+    return _Verdict(phase=Phase.PROGRESSING, ready=wanted, reconciling=("True", *wanted[1:]))
+
+
 def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noqa: PLR0911
     if observed.spec is None:
         message = observed.spec_error or "invalid spec"
@@ -189,8 +217,9 @@ def _verdict(observed: Observed, previous_phase: str | None) -> _Verdict:  # noq
             stalled=("True", Reason.INVALID_SPEC, message),
         )
     dep = observed.deployment
-    if observed.apply_failure is not None:
-        return _refused_verdict(observed.apply_failure, dep)
+    overriding = _overriding_verdict(observed)
+    if overriding is not None:
+        return overriding
     if dep is None:
         creating = "creating the model server Deployment"
         return _Verdict(
@@ -410,6 +439,7 @@ def compute_status(
         selector=observed.selector,
         url=observed.url,
         model=served,
+        canary=observed.canary.status if observed.canary is not None else None,
     )
     status: Obj = typed.model_dump(by_alias=True, exclude_none=True, mode="json")
     return status, transitions
@@ -418,6 +448,6 @@ def compute_status(
 def status_differs(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` would change anything the operator writes."""
     current = current or {}
-    return any(current.get(key) != value for key, value in new.items()) or (
-        "model" in current and "model" not in new
+    return any(current.get(key) != value for key, value in new.items()) or any(
+        key in current and key not in new for key in ("model", "canary")
     )

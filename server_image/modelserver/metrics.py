@@ -181,7 +181,13 @@ class Metrics:
         """The Prometheus text exposition of all workers' metrics."""
         self.flush()
         if self._multiprocess:
-            registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
+            return render_directory()[1]
         return generate_latest(self._registry)
+
+
+def render_directory() -> tuple[bytes, bytes]:
+    """Content type and text of every worker's metrics, from the multiprocess directory (what
+    the workers flushed, at most FLUSH_INTERVAL_SECONDS ago)."""
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return CONTENT_TYPE.encode(), generate_latest(registry)

@@ -1,9 +1,13 @@
-"""The probes' own listener: `/v2/health/live` and `/v2/health/ready`, served by the supervisor.
+"""The probes' own listener: `/v2/health/live`, `/v2/health/ready` and `/metrics`, served by the
+supervisor.
 
 Workers can be saturated by inference (a probe waiting behind seconds of work makes the kubelet
 restart a busy pod) or be restarting; the supervisor process does nothing else, so it answers at
 once. It reads the workers' readiness from their shared flags. One request per connection,
 `Connection: close`, non-blocking sockets polled by the supervisor's loop between its other duties.
+
+`/metrics` here is every worker's metrics, as on the inference port: a NetworkPolicy can then let
+scrapers (Prometheus, the operator's canary analysis) reach the metrics without reaching predict.
 """
 
 from __future__ import annotations
@@ -12,23 +16,23 @@ import contextlib
 import selectors
 import socket
 import time
+from collections.abc import Callable
 
 from modelserver.readiness import Readiness
 
 LIVE = b"/v2/health/live"
 READY = b"/v2/health/ready"
+METRICS = b"/metrics"
 _MAX_REQUEST = 8192
 _CLIENT_TIMEOUT = 5.0  # a probe connection that sends no full request within this is closed
 
 
-def _answer(status: int, reason: bytes, body: bytes) -> bytes:
+def _answer(
+    status: int, reason: bytes, body: bytes, content_type: bytes = b"application/json"
+) -> bytes:
     return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        % (
-            status,
-            reason,
-            len(body),
-        )
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+        % (status, reason, content_type, len(body))
         + b"connection: close\r\n\r\n"
         + body
     )
@@ -38,7 +42,9 @@ _LIVE = _answer(200, b"OK", b'{"live":true}')
 _READY = _answer(200, b"OK", b'{"ready":true}')
 _NOT_READY = _answer(503, b"Service Unavailable", b'{"ready":false}')
 _NOT_FOUND = _answer(
-    404, b"Not Found", b'{"error":"this port serves /v2/health/live and /v2/health/ready"}'
+    404,
+    b"Not Found",
+    b'{"error":"this port serves /v2/health/live, /v2/health/ready and /metrics"}',
 )
 _BAD = _answer(400, b"Bad Request", b'{"error":"malformed request"}')
 
@@ -46,12 +52,19 @@ _BAD = _answer(400, b"Bad Request", b'{"error":"malformed request"}')
 class HealthListener:
     """Accepts probe connections and answers them from the readiness flags."""
 
-    def __init__(self, host: str, port: int, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: Readiness,
+        metrics: Callable[[], tuple[bytes, bytes]] | None = None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=64)  # OSError: in use
         sock.setblocking(False)
         self._sock = sock
         self._readiness = readiness
+        self._metrics = metrics  # () -> (content type, Prometheus text)
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
         self._pending: dict[socket.socket, tuple[bytearray, float]] = {}
@@ -99,8 +112,10 @@ class HealthListener:
         if b"\r\n\r\n" not in buffer and len(buffer) < _MAX_REQUEST:
             return
         with contextlib.suppress(OSError):
-            # A few hundred bytes into an empty socket buffer: sent whole, at once.
-            client.send(self._respond(bytes(buffer)))
+            # Probe answers are a few hundred bytes and leave at once; metrics can be tens of
+            # kilobytes: a bounded blocking send (the scraper reads them as they come).
+            client.settimeout(_CLIENT_TIMEOUT)
+            client.sendall(self._respond(bytes(buffer)))
         self._drop(client)
 
     def _respond(self, request: bytes) -> bytes:
@@ -112,6 +127,9 @@ class HealthListener:
             return _LIVE
         if path == READY:
             return _READY if self._readiness.ready else _NOT_READY
+        if path == METRICS and self._metrics is not None:
+            content_type, text = self._metrics()
+            return _answer(200, b"OK", text, content_type)
         return _NOT_FOUND
 
     def _drop(self, client: socket.socket) -> None:

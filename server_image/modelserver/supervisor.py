@@ -108,6 +108,14 @@ def _port_in_use(host: str, port: int) -> str | None:
     return None
 
 
+def _workers_metrics() -> tuple[bytes, bytes]:
+    """Every worker's metrics, for the health port's /metrics (the supervisor counts nothing)."""
+    # Imported here: prometheus_client must first be imported once PROMETHEUS_MULTIPROC_DIR is set.
+    from modelserver.metrics import render_directory  # noqa: PLC0415
+
+    return render_directory()
+
+
 def _prepare_metrics_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -133,7 +141,9 @@ class _Supervisor:
         reason = _port_in_use(config.host, config.port)
         if reason is None and config.health_port:
             try:
-                self._health = HealthListener(config.host, config.health_port, self._readiness)
+                self._health = HealthListener(
+                    config.host, config.health_port, self._readiness, metrics=_workers_metrics
+                )
             except OSError as error:
                 reason = f"cannot listen on {config.host}:{config.health_port} (health port): " + (
                     error.strerror or str(error)

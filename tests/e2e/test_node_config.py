@@ -6,10 +6,11 @@ from regressing quietly, such as pods having no route off this machine.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 
-from localcluster import certs, components, gomod, images, node
+from localcluster import certs, components, coredns, gomod, images, node
 
 ROOT = Path("/srv/lc-root")  # never created: only paths are computed
 
@@ -41,7 +42,7 @@ def test_pods_get_routes_to_pods_and_services_only() -> None:
 
 
 def test_kubelet_config_fits_this_host() -> None:
-    ports = node.NodePorts(1, 2, 3, 4, 5)
+    ports = node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
     config = node.kubelet_config(node.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
     assert config["cgroupDriver"] == "cgroupfs"
     assert config["failCgroupV1"] is False
@@ -54,7 +55,7 @@ def test_kubelet_config_fits_this_host() -> None:
 
 
 def test_kube_proxy_opens_node_ports_on_the_bridge_only() -> None:
-    config = node.proxy_config(node.NodeLayout(ROOT), node.NodePorts(1, 2, 3, 4, 5))
+    config = node.proxy_config(node.NodeLayout(ROOT), node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8))
     assert config["mode"] == "iptables"
     assert config["nodePortAddresses"] == [f"{node.NODE_IP}/32"]
     assert config["iptables"]["localhostNodePorts"] is False
@@ -102,3 +103,52 @@ def test_upstream_requires_reads_blocks_and_single_lines() -> None:
         "example.com/b": "v0.2.0",
         "example.com/c": "v3.0.0+incompatible",
     }
+
+
+def test_pods_get_the_cluster_dns_service_as_nameserver() -> None:
+    ports = node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
+    config = node.kubelet_config(node.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
+    assert config["clusterDNS"] == [coredns.DNS_SERVICE_IP]
+    assert config["clusterDomain"] == "cluster.local"
+    assert ipaddress.ip_address(coredns.DNS_SERVICE_IP) in ipaddress.ip_network(
+        components.SERVICE_CIDR
+    )
+    assert coredns.DNS_SERVICE_IP != components.SERVICE_IP
+
+
+def test_corefile_serves_the_cluster_domain_on_the_node_address_only() -> None:
+    text = coredns.corefile(
+        bind=node.NODE_IP,
+        port=1053,
+        health_port=8080,
+        ready_port=8181,
+        kubeconfig=ROOT / "coredns.kubeconfig",
+    )
+    assert text.splitlines()[1] == ".:1053 {"
+    assert f"bind {node.NODE_IP}" in text
+    assert "health 127.0.0.1:8080" in text
+    assert "ready 127.0.0.1:8181" in text
+    assert f"kubeconfig {ROOT / 'coredns.kubeconfig'} coredns@localcluster" in text
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa {" in text
+    # Nothing leaves the machine: no upstream resolvers.
+    assert "forward" not in text
+
+
+def test_kube_dns_service_routes_to_the_coredns_process() -> None:
+    objects = dict(coredns.api_objects(node_ip=node.NODE_IP, port=1053))
+    service = objects["/api/v1/namespaces/kube-system/services"]
+    assert service["spec"]["clusterIP"] == coredns.DNS_SERVICE_IP
+    assert "selector" not in service["spec"]  # the EndpointSlice below is its only endpoint
+    slice_ = objects["/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices"]
+    assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "kube-dns"
+    assert slice_["endpoints"][0]["addresses"] == [node.NODE_IP]
+    # kube-proxy pairs Service and slice ports by name: each Service port has one.
+    service_ports = {(p["name"], p["protocol"]) for p in service["spec"]["ports"]}
+    slice_ports = {(p["name"], p["protocol"]) for p in slice_["ports"]}
+    assert service_ports == slice_ports == {("dns", "UDP"), ("dns-tcp", "TCP")}
+    assert {p["port"] for p in slice_["ports"]} == {1053}
+    binding = objects["/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"]
+    assert binding["subjects"][0]["name"] == certs.node_clients("n")["coredns"][0]
+    role = objects["/apis/rbac.authorization.k8s.io/v1/clusterroles"]
+    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs == {"list", "watch"}  # read-only

@@ -89,6 +89,27 @@ def test_metrics_expose_requests_latency_batches_queue_and_load_time(
         assert re.search(pattern, text), pattern
 
 
+def test_the_health_port_serves_every_workers_metrics(iris_server: ServerProcess) -> None:
+    """Scrapers admitted to the health port only (the canary analysis, Prometheus) see the same
+    counts as /metrics on the inference port, summed over both workers."""
+    for _ in range(6):  # new connections: both workers answer some
+        post_json(iris_server.port, "/v1/models/iris:predict", v1_body(IRIS_X[:1]))
+    time.sleep(0.6)  # every worker publishes its counts at least every half second
+    pattern = r'modelserver_requests_total\{model="iris",protocol="v1",status="200"\} ([0-9.]+)'
+    on_health = request(iris_server.health_port, "GET", "/metrics")
+    assert on_health.status == 200
+    assert on_health.headers["content-type"].startswith("text/plain")
+    health_count = re.search(pattern, on_health.body.decode())
+    inference_count = re.search(pattern, request(iris_server.port, "GET", "/metrics").body.decode())
+    assert health_count is not None
+    assert inference_count is not None
+    assert float(health_count.group(1)) == float(inference_count.group(1)) >= 6
+    assert len(on_health.body) > 4096  # more than one probe answer's worth: sent whole
+    missing = request(iris_server.health_port, "GET", "/v1/models/iris")
+    assert missing.status == 404
+    assert b"/metrics" in missing.body
+
+
 def test_a_crashed_worker_is_replaced(models: Models, tmp_path: Path) -> None:
     server = ServerProcess(models.path("iris.joblib"), tmp_path, workers=2).start()
     try:

@@ -68,6 +68,12 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "maxSurge and maxUnavailable cannot both be zero",
     ),
     (
+        "canary-strategy",
+        "ok",
+        {"model": M, "rollout": {"canary": {"steps": [{"weight": 10}]}}},
+        "rollout.canary is only used with strategy Canary",
+    ),
+    (
         "peer-empty",
         "ok",
         {"model": M, "networkPolicy": {"allowFrom": [{}]}},

@@ -30,7 +30,7 @@ def used() -> dict[tuple[str, str], set[str]]:
     """Derived from the code: what render_children can emit or delete, and what kube/kopf call."""
     out: dict[tuple[str, str], set[str]] = {
         # kopf's watch (the parents' cache serves child events); get: a full resync's fresh copy
-        (api.GROUP, api.PLURAL): READ_WATCH,
+        (api.GROUP, api.PLURAL): READ_WATCH | {"patch"},  # Kube.remove_annotation (canary)
         (api.GROUP, f"{api.PLURAL}/status"): {"patch"},  # Kube.apply_status
         (api.GROUP, f"{api.PLURAL}/finalizers"): {"update"},  # blockOwnerDeletion
         ("", "pods"): {"list"},  # Kube.list_pods
@@ -53,6 +53,8 @@ def used() -> dict[tuple[str, str], set[str]]:
         for kind in children.unwanted:
             group = kind.api_version.rpartition("/")[0]
             out.setdefault((group, kind.plural), set()).update(WATCH | {"get", "delete"})
+    # A canary runs in a second Deployment, deleted once it is promoted or rolled back.
+    out[("apps", render.DEPLOYMENT.plural)].add("delete")
     return out
 
 

@@ -205,7 +205,18 @@ def test_network_policy_defaults_to_same_namespace(settings: Settings) -> None:
     policy = _children({"model": {"uri": "file:///m"}}, settings)["NetworkPolicy"]["spec"]
     assert policy["policyTypes"] == ["Ingress"]
     assert policy["ingress"] == [
-        {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}
+        {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]},
+        # The operator's namespace reads the metrics (canary analysis) on the health port only.
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": settings.lease_namespace}
+                    }
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8081}],
+        },
     ]
 
 

@@ -51,6 +51,7 @@ def observe(
         pod_failure=kw.pop("pod_failure", None),
         selector="app.kubernetes.io/instance=iris,app.kubernetes.io/name=modelserver",
         url="http://iris.models.svc.cluster.local",
+        canary=kw.pop("canary", None),
     )
 
 
@@ -381,6 +382,16 @@ def _every_scenario() -> list[dict[str, Any]]:
             rolling,
             spec=PINNED,
             pod_failure=status.PodFailure(api.Reason.MODEL_LOAD_FAILED, "digest mismatch for m"),
+        ),
+        observe(
+            deployment(),
+            canary=status.CanaryView(None, ("False", api.Reason.CANARY_PROGRESSING, "step 1/2")),
+        ),
+        observe(
+            deployment(),
+            canary=status.CanaryView(
+                None, ("False", api.Reason.CANARY_ROLLED_BACK, "error rate"), stalled=True
+            ),
         ),
     ]
     refused = [
