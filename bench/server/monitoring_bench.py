@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         body = payloads.body("v1", "single")
         rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
         p99: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        # Server CPU per request: what monitoring costs even when other work shares the machine.
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         taken: set[int] = set()
         c = args.connections
         for round_index in range(args.rounds):
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                             wrk, server, model=model, body=body, connections=c, seconds=args.warmup
                         )
                     )
+                    cpu_before = server.cpu_seconds()
                     result = loadgen.run_wrk(
                         **_wrk(
                             wrk,
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                             seconds=args.duration,
                         )
                     )
+                    cpu_us = (server.cpu_seconds() - cpu_before) / max(result.requests, 1) * 1e6
                     evidence = _evidence(server.base_url, variant)
                 finally:
                     server.stop()
@@ -153,26 +157,35 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{variant}: {result.errors} errors")
                 rps[variant].append(result.ok_rps)
                 p99[variant].append(result.latency_us["p99"])
+                cpu[variant].append(cpu_us)
                 print(
                     f"round {round_index + 1} {variant:>9}: {result.ok_rps:8.0f} req/s, "
-                    f"p99 {result.latency_us['p99'] / 1000:6.2f} ms {evidence}",
+                    f"p99 {result.latency_us['p99'] / 1000:6.2f} ms, "
+                    f"server CPU {cpu_us:5.1f} us/req; "
+                    f"{evidence}",
                     flush=True,
                 )
     median_rps = {v: statistics.median(rps[v]) for v in VARIANTS}
     median_p99 = {v: statistics.median(p99[v]) for v in VARIANTS}
+    median_cpu = {v: statistics.median(cpu[v]) for v in VARIANTS}
     figures = {
         "connections": args.connections,
         "rounds": args.rounds,
         "duration_s": args.duration,
         "rps": median_rps,
         "p99_ms": {v: median_p99[v] / 1000 for v in VARIANTS},
+        "cpu_us_per_request": median_cpu,
+        "drift_cpu_ratio": median_cpu["drift"] / median_cpu["off"],
+        "dead_sink_cpu_ratio": median_cpu["dead-sink"] / median_cpu["off"],
         "drift_throughput_ratio": median_rps["drift"] / median_rps["off"],
         "dead_sink_p99_ratio": median_p99["dead-sink"] / median_p99["off"],
         "dead_sink_throughput_ratio": median_rps["dead-sink"] / median_rps["off"],
     }
     print(
         f"drift on / off throughput: {figures['drift_throughput_ratio']:.3f} (target >= 0.95); "
-        f"dead sink / off p99: {figures['dead_sink_p99_ratio']:.3f} (target <= 1.10)"
+        f"dead sink / off p99: {figures['dead_sink_p99_ratio']:.3f} (target <= 1.10); "
+        f"server CPU per request, drift / off: {figures['drift_cpu_ratio']:.3f}, "
+        f"dead sink / off: {figures['dead_sink_cpu_ratio']:.3f}"
     )
     print("BENCH_MONITORING " + json.dumps(figures))
     return 0

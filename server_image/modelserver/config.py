@@ -55,6 +55,7 @@ class ServeConfig:
     metrics_dir: str = "/tmp/modelserver-metrics"  # noqa: S108 - /tmp is the pod's only writable path.
     # -- monitoring (drift.py, payloadlog.py) --
     reference_uri: str | None = None
+    reference_digest: str | None = None
     drift_window_seconds: float = 300.0
     drift_min_rows: int = 200
     drift_max_features: int = 32
@@ -376,6 +377,9 @@ def _monitoring_options(options: _Options) -> None:
         "reference profile (local path or file://) for drift metrics; written by `profile`",
     )
     options.add(
+        "--reference-digest", "REFERENCE_DIGEST", str, None, "expected sha256:<64 hex> of it"
+    )
+    options.add(
         "--drift-window",
         "DRIFT_WINDOW_SECONDS",
         _positive_float,
@@ -423,6 +427,7 @@ def _monitoring_options(options: _Options) -> None:
 def _monitoring_values(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "reference_uri": args.reference_uri or None,
+        "reference_digest": args.reference_digest or None,
         "drift_window_seconds": args.drift_window,
         "drift_min_rows": args.drift_min_rows,
         "drift_max_features": args.drift_max_features,

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from modelserver import runtime
+from modelserver import loader, runtime
+from modelserver.errors import ModelLoadError
 
 PROFILE_FORMAT = "modelserver-profile/v1"
 PSI_FLOOR = 1e-4
@@ -144,17 +145,18 @@ def _floats(values: Any) -> tuple[float, ...]:
     return tuple(float(value) for value in values)
 
 
-def read_profile(path: str) -> Profile:
-    """Reads a profile from a local path or file:// URI."""
+def read_profile(path: str, expected_digest: str | None = None) -> Profile:
+    """Reads a profile from a local path or file:// URI, checking its bytes' digest if given."""
     local = path.removeprefix("file://")
     try:
-        data = json.loads(Path(local).read_text())
-    except OSError as error:
-        reason = error.strerror or error
-        raise ProfileError(f"cannot read the reference profile {local}: {reason}") from None
+        data, _ = loader.read_verified(Path(local), expected_digest)
+    except ModelLoadError as error:
+        raise ProfileError(f"reference profile: {error}") from None
+    try:
+        document = json.loads(data)
     except ValueError as error:
         raise ProfileError(f"the reference profile {local} is not JSON: {error}") from None
-    return Profile.from_json(data)
+    return Profile.from_json(document)
 
 
 # -- the computations shared by the profile command and the server ------------------------------

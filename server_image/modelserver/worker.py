@@ -206,7 +206,7 @@ def _load(
     names_in = getattr(model.estimator, "feature_names_in_", None)
     names = None if names_in is None else [str(name) for name in names_in]
     if config.reference_uri is not None:
-        reference = drift.read_profile(config.reference_uri)
+        reference = drift.read_profile(config.reference_uri, config.reference_digest)
         drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
         names = [feature.name for feature in reference.features]
     try:

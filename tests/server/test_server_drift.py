@@ -223,3 +223,24 @@ def test_a_profile_that_does_not_fit_the_model_stops_the_server_with_a_reason(
         server.stop()
     reason = server.termination_log.read_text()
     assert "the reference profile has 5 features, the model takes 6" in reason
+
+
+def test_a_reference_whose_digest_differs_is_never_used(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        trained["folder"] / "model.joblib",
+        tmp_path,
+        args=(
+            "--reference-uri",
+            str(trained["folder"] / "profile.json"),
+            "--reference-digest",
+            "sha256:" + "0" * 64,
+        ),
+    ).start()
+    try:
+        assert server.wait_exit() != 0
+    finally:
+        server.stop()
+    assert "reference profile:" in server.termination_log.read_text()
+    assert "sha256" in server.termination_log.read_text()
