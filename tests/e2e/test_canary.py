@@ -121,6 +121,7 @@ def _bad_models() -> dict[str, bytes]:
 
 
 def _spec(model: dict[str, Any], deadline: int = 180) -> dict[str, Any]:
+    """Every field set: patches are JSON merge patches, a field left out keeps its old value."""
     return {
         "model": model,
         "replicas": 2,
@@ -229,7 +230,12 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         def http_model(path: str, version: str) -> dict[str, Any]:
             digest = "sha256:" + hashlib.sha256(bad[path]).hexdigest()
-            return {"uri": f"{base}{path}", "digest": digest, "version": version}
+            return {
+                "uri": f"{base}{path}",
+                "format": "joblib",
+                "digest": digest,
+                "version": version,
+            }
 
         # 2. One constant class: the prediction-shift gate rolls it back; nothing failed.
         models.patch_spec(NAME, _spec(http_model("/constant.joblib", "3")))
@@ -252,7 +258,12 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
         assert after["failed"] == before["failed"], after["errors"]
 
         # 4. Never Ready (the artifact is not there): rolled back at progressDeadlineSeconds.
-        missing = {"uri": f"{base}/missing.joblib", "digest": "sha256:" + "0" * 64, "version": "5"}
+        missing = {
+            "uri": f"{base}/missing.joblib",
+            "format": "joblib",
+            "digest": "sha256:" + "0" * 64,
+            "version": "5",
+        }
         models.patch_spec(NAME, _spec(missing, deadline=30))
         rolled = _wait_state(models, "5", "RolledBack", timeout=120)
         assert "progress deadline" in rolled["analysis"]["message"], rolled
@@ -269,11 +280,11 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
             {"metadata": {"annotations": {canary.COMMAND_ANNOTATION: value}}},
         )
 
-    models.patch_spec(NAME, _spec({"uri": FILE_URI, "version": "6"}))
+    models.patch_spec(NAME, _spec({"uri": FILE_URI, "format": "joblib", "version": "6"}))
     _wait_state(models, "6", "Progressing", timeout=60)
     annotate("abort")
     _wait_state(models, "6", "RolledBack", timeout=60)
-    models.patch_spec(NAME, _spec({"uri": FILE_URI, "version": "7"}))
+    models.patch_spec(NAME, _spec({"uri": FILE_URI, "format": "joblib", "version": "7"}))
     _wait_state(models, "7", "Progressing", timeout=60)
     annotate("promote")
     _wait_state(models, "7", "Promoted", timeout=60)
