@@ -150,48 +150,53 @@ IntOrPercent = Annotated[
 ]
 
 
+def _uri_rules() -> list[dict[str, str]]:
+    """The URI rules every downloaded artifact follows (the model, the reference profile)."""
+    return [
+        cel(
+            "!self.uri.startsWith('file://') || self.uri.matches('^file:///[^ ]+$')",
+            "file:// URIs need an absolute path: file:///path/to/model",
+            ".uri",
+            twin=lambda m: not m.uri.startswith("file://") or _search(r"^file:///[^ ]+$", m.uri),
+        ),
+        cel(
+            "!self.uri.startsWith('pvc://') || "
+            "self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$')",
+            "pvc:// URIs name a claim and a path inside it: pvc://CLAIM/path/in/claim",
+            ".uri",
+            twin=lambda m: (
+                not m.uri.startswith("pvc://")
+                or _search(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$", m.uri)
+            ),
+        ),
+        cel(
+            "!self.uri.startsWith('s3://') || "
+            "self.uri.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$')",
+            "s3:// URIs name a bucket and a key: s3://bucket/key",
+            ".uri",
+            twin=lambda m: (
+                not m.uri.startswith("s3://")
+                or _search(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$", m.uri)
+            ),
+        ),
+        cel(
+            "!(self.uri.startsWith('http://') || self.uri.startsWith('https://')) || "
+            "self.uri.matches('^https?://[^/ ]+/[^ ]*$')",
+            "http(s):// URIs need a host and a path: https://host/path/model.joblib",
+            ".uri",
+            twin=lambda m: (
+                not m.uri.startswith(("http://", "https://"))
+                or _search(r"^https?://[^/ ]+/[^ ]*$", m.uri)
+            ),
+        ),
+    ]
+
+
 class ModelSource(
     Model,
     json_schema_extra={
         "x-kubernetes-validations": [
-            cel(
-                "!self.uri.startsWith('file://') || self.uri.matches('^file:///[^ ]+$')",
-                "file:// URIs need an absolute path: file:///path/to/model",
-                ".uri",
-                twin=lambda m: (
-                    not m.uri.startswith("file://") or _search(r"^file:///[^ ]+$", m.uri)
-                ),
-            ),
-            cel(
-                "!self.uri.startsWith('pvc://') || "
-                "self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$')",
-                "pvc:// URIs name a claim and a path inside it: pvc://CLAIM/path/in/claim",
-                ".uri",
-                twin=lambda m: (
-                    not m.uri.startswith("pvc://")
-                    or _search(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$", m.uri)
-                ),
-            ),
-            cel(
-                "!self.uri.startsWith('s3://') || "
-                "self.uri.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$')",
-                "s3:// URIs name a bucket and a key: s3://bucket/key",
-                ".uri",
-                twin=lambda m: (
-                    not m.uri.startswith("s3://")
-                    or _search(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$", m.uri)
-                ),
-            ),
-            cel(
-                "!(self.uri.startsWith('http://') || self.uri.startsWith('https://')) || "
-                "self.uri.matches('^https?://[^/ ]+/[^ ]*$')",
-                "http(s):// URIs need a host and a path: https://host/path/model.joblib",
-                ".uri",
-                twin=lambda m: (
-                    not m.uri.startswith(("http://", "https://"))
-                    or _search(r"^https?://[^/ ]+/[^ ]*$", m.uri)
-                ),
-            ),
+            *_uri_rules(),
             cel(
                 "!has(self.trustedTypes) || self.format == 'skops'",
                 "trustedTypes only applies to format: skops",
@@ -606,6 +611,58 @@ class NetworkPolicySettings(
     port only, never inference."""
 
 
+# -- monitoring (issue 12) -----------------------------------------------------------------------
+
+
+class ReferenceSource(Model, json_schema_extra={"x-kubernetes-validations": [*_uri_rules()]}):
+    """Where the reference profile is (`python -m modelserver profile`); fetched like the model."""
+
+    uri: str = Field(min_length=1, max_length=2048, pattern=r"^(file|pvc|https?|s3)://")
+    """file:///path, pvc://CLAIM/path, http(s)://host/path or s3://bucket/key of the JSON
+    profile, as for the model."""
+
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    """sha256:<64 hex> of the profile's bytes; a profile whose bytes differ is never used."""
+
+    credentials_secret: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """Secret whose keys become environment variables of the profile's download step only."""
+
+
+class PayloadLog(Model):
+    """Sampled, redacted requests and responses sent to an HTTP sink as CloudEvents."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^/ ]+(/[^ ]*)?$")
+    """HTTP sink receiving CloudEvents (binary mode) of requests and responses."""
+
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    """Share of requests logged (0-1)."""
+
+    redact: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=256
+    )
+    """Feature names (from the reference profile or the model) or indices whose values are
+    replaced by null before anything leaves the pod."""
+
+    max_queue: int = Field(default=1000, ge=2, le=100_000)
+    """Events held in memory per server process; beyond it events are dropped and counted,
+    never blocking predictions."""
+
+
+class Monitoring(Model):
+    """Drift against a reference profile, and payload logging."""
+
+    reference: ReferenceSource | None = None
+    """Reference profile of the training data and predictions; enables the PSI metrics."""
+
+    drift_threshold: float = Field(default=0.2, ge=0.001, le=100)
+    """PSI above which a feature or the predictions count as drifting."""
+
+    payload_log: PayloadLog | None = None
+    """Where sampled requests and responses go."""
+
+
 class ModelDeploymentSpec(
     Model,
     json_schema_extra={
@@ -665,6 +722,9 @@ class ModelDeploymentSpec(
 
     suspend: bool = False
     """Scale to zero and keep every object; false brings the replicas back."""
+
+    monitoring: Monitoring | None = None
+    """Drift metrics against a reference profile and payload logging."""
 
 
 class ConditionType(StrEnum):

@@ -239,6 +239,8 @@ class World:
     previous: api.CanaryStatus | None
     command: str | None  # the annotation's value
     now: datetime
+    # Why the canary's pods do not start (a stuck container's message), when they were looked at.
+    canary_pod_failure: str | None = None
 
     @property
     def autoscaled(self) -> bool:
@@ -450,13 +452,16 @@ def decide(world: World, readings: Mapping[str, scrape.Counters] | None = None) 
     if not _ready(world.canary, canary_size, world.template_hash):
         started = _parse_time(status.step_started_at) or world.now
         deadline = rollout.progress_deadline_seconds or DEFAULT_DEADLINE_SECONDS
+        why = f": {world.canary_pod_failure}" if world.canary_pod_failure else ""
         if (world.now - started).total_seconds() > deadline:
             st = (world.canary or {}).get("status") or {}
             return rollback(
                 f"progress deadline: {st.get('availableReplicas') or 0}/{canary_size} canary "
-                f"pods available after {deadline}s (rollout.progressDeadlineSeconds)"
+                f"pods available after {deadline}s (rollout.progressDeadlineSeconds){why}"
             )
-        return progressing("Progressing", f"waiting for {canary_size} canary pods", WAIT_SECONDS)
+        return progressing(
+            "Progressing", f"waiting for {canary_size} canary pods{why}", WAIT_SECONDS
+        )
     if not world.autoscaled:
         stable = stable_size
         live = world.stable or {}

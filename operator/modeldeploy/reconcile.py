@@ -414,6 +414,15 @@ class Reconciler:
             raise NameConflictError(render.DEPLOYMENT.kind, owner.namespace, canary_name)
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         command = annotations.get(canary.COMMAND_ANNOTATION)
+        failure = None
+        if live_canary is not None and not canary.rolled_out(live_canary):
+            # Starting, or stuck: a stuck container says why (only while a canary waits).
+            pods = self.kube.list_pods(
+                owner.namespace,
+                f"{render.selector_string(owner)},{canary.TRACK_LABEL}={canary.CANARY}",
+            )
+            found = status.summarize_pod_failure(pods)
+            failure = f"{found.reason}: {found.message}" if found else None
         wanted = render.render_deployment(owner, spec, self.settings)
         world = canary.World(
             spec=spec,
@@ -425,6 +434,7 @@ class Reconciler:
             else None,
             command=command if command in ("promote", "abort") else None,
             now=datetime.now(UTC),
+            canary_pod_failure=failure,
         )
         move = canary.decide(world)
         if move.needs_readings:

@@ -248,16 +248,26 @@ def _model_env(owner: Owner, model: api.ModelSource, uri: str) -> list[Obj]:
     return env
 
 
-def _fetch_container(image: str, model: api.ModelSource) -> Obj:
+def _fetch_container(
+    image: str,
+    model: api.ModelSource | api.ReferenceSource,
+    *,
+    name: str = "fetch-model",
+    volume: str = "model",
+    directory: str = MODEL_DIR,
+    dest: str = FETCHED_MODEL_PATH,
+    max_bytes: int | None = None,
+) -> Obj:
+    limit = max_bytes or getattr(model, "max_size_bytes", None) or DEFAULT_MAX_MODEL_BYTES
     env = [
         {"name": "MODEL_URI", "value": model.uri},
-        {"name": "MODEL_DEST", "value": FETCHED_MODEL_PATH},
-        {"name": "MAX_MODEL_BYTES", "value": str(model.max_size_bytes or DEFAULT_MAX_MODEL_BYTES)},
+        {"name": "MODEL_DEST", "value": dest},
+        {"name": "MAX_MODEL_BYTES", "value": str(limit)},
     ]
     if model.digest:
         env.append({"name": "MODEL_DIGEST", "value": model.digest})
     container: Obj = {
-        "name": "fetch-model",
+        "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["fetch"],
@@ -269,13 +279,84 @@ def _fetch_container(image: str, model: api.ModelSource) -> Obj:
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
-            {"name": "model", "mountPath": MODEL_DIR},
+            {"name": volume, "mountPath": directory},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
         ],
     }
     if model.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
     return container
+
+
+# -- monitoring (issue 12) -----------------------------------------------------------------------
+
+REFERENCE_DIR = "/mnt/reference"
+FETCHED_REFERENCE_PATH = f"{REFERENCE_DIR}/profile.json"
+MAX_REFERENCE_BYTES = 64 * 2**20  # a profile is a few kB per feature
+
+
+def reference_placement(reference: api.ReferenceSource) -> ModelPlacement:
+    """Where the server reads the reference profile: as the model, under /mnt/reference."""
+    parts = urlsplit(reference.uri)
+    mounts = [{"name": "reference", "mountPath": REFERENCE_DIR, "readOnly": True}]
+    if parts.scheme == "file":
+        return ModelPlacement(served_uri=reference.uri, volumes=[], mounts=[], fetch=False)
+    if parts.scheme == "pvc":
+        claim = {"claimName": parts.netloc, "readOnly": True}
+        return ModelPlacement(
+            served_uri=f"file://{REFERENCE_DIR}/{parts.path.lstrip('/')}",
+            volumes=[{"name": "reference", "persistentVolumeClaim": claim}],
+            mounts=mounts,
+            fetch=False,
+        )
+    return ModelPlacement(
+        served_uri=f"file://{FETCHED_REFERENCE_PATH}",
+        volumes=[{"name": "reference", "emptyDir": {"sizeLimit": str(MAX_REFERENCE_BYTES)}}],
+        mounts=mounts,
+        fetch=True,
+    )
+
+
+def monitoring_env(monitoring: api.Monitoring, reference_uri: str | None) -> list[Obj]:
+    """The server's monitoring flags (API.md "Server flags being added")."""
+    env: list[Obj] = []
+    reference = monitoring.reference
+    if reference is not None and reference_uri is not None:
+        env.append({"name": "REFERENCE_URI", "value": reference_uri})
+        if reference.digest:
+            env.append({"name": "REFERENCE_DIGEST", "value": reference.digest})
+    log = monitoring.payload_log
+    if log is not None:
+        env += [
+            {"name": "PAYLOAD_LOG_URL", "value": log.url},
+            {"name": "PAYLOAD_LOG_SAMPLE_RATE", "value": str(log.sample_rate)},
+            {"name": "PAYLOAD_LOG_MAX_QUEUE", "value": str(log.max_queue)},
+        ]
+        if log.redact:
+            env.append({"name": "PAYLOAD_LOG_REDACT", "value": ",".join(log.redact)})
+    return env
+
+
+def _add_monitoring(pod_spec: Obj, server: Obj, image: str, monitoring: api.Monitoring) -> None:
+    """Adds the reference profile (fetched like the model) and the monitoring flags."""
+    reference_uri = None
+    if monitoring.reference is not None:
+        placement = reference_placement(monitoring.reference)
+        reference_uri = placement.served_uri
+        pod_spec["volumes"] += placement.volumes
+        server["volumeMounts"] += placement.mounts
+        if placement.fetch:
+            fetch = _fetch_container(
+                image,
+                monitoring.reference,
+                name="fetch-reference",
+                volume="reference",
+                directory=REFERENCE_DIR,
+                dest=FETCHED_REFERENCE_PATH,
+                max_bytes=MAX_REFERENCE_BYTES,
+            )
+            pod_spec["initContainers"] = [*pod_spec.get("initContainers", []), fetch]
+    server["env"] += monitoring_env(monitoring, reference_uri)
 
 
 def template_hash(template: Obj) -> str:
@@ -355,6 +436,8 @@ def render_deployment(
     if placement.fetch:
         pod_spec["initContainers"] = [_fetch_container(image, spec.model)]
     access.secure_pod(pod_spec, server, spec, owner.name, owner.namespace)
+    if spec.monitoring is not None:
+        _add_monitoring(pod_spec, server, image, spec.monitoring)
 
     deployment_spec: Obj = {
         "selector": {"matchLabels": selector_labels(owner)},

@@ -18,10 +18,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     args = list(argv)
     command = "serve"
-    if args and args[0] in ("serve", "fetch"):
+    if args and args[0] in ("serve", "fetch", "profile"):
         command = args.pop(0)
     try:
-        if command == "fetch":
+        if command == "profile":
+            profile_config = config.parse_profile(args, env)
+        elif command == "fetch":
             fetch_config = config.parse_fetch(args, env)
         else:
             serve_config = config.parse_serve(args, env)
@@ -32,6 +34,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
             reason, env.get("TERMINATION_LOG") or config.DEFAULT_TERMINATION_LOG
         )
         return 2
+    if command == "profile":
+        logs.configure(profile_config.log_level)
+        from modelserver import profile  # noqa: PLC0415 - scikit-learn only when profiling.
+
+        return profile.run(profile_config)
     if command == "fetch":
         logs.configure(fetch_config.log_level)
         from modelserver import fetch  # noqa: PLC0415 - boto3 is imported only by the fetcher.

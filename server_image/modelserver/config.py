@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 MODEL_FORMATS = ("joblib", "skops")
 AUTH_MODES = ("none", "kubernetes")
@@ -73,6 +73,16 @@ class ServeConfig:
     log_level: str = "INFO"
     metrics_dir: str = "/tmp/modelserver-metrics"  # noqa: S108 - /tmp is the pod's only writable path.
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
+    # -- monitoring (drift.py, payloadlog.py) --
+    reference_uri: str | None = None
+    reference_digest: str | None = None
+    drift_window_seconds: float = 300.0
+    drift_min_rows: int = 200
+    drift_max_features: int = 32
+    payload_log_url: str | None = None
+    payload_log_sample_rate: float = 1.0
+    payload_log_redact: tuple[str, ...] = ()
+    payload_log_max_queue: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +413,7 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         "scratch directory for the metrics of all worker processes",
     )
     _access_options(options)
+    _monitoring_options(options)
     args = parser.parse_args(list(argv))
     if not args.model_uri:
         raise ConfigError("no model: set --model-uri or MODEL_URI")
@@ -434,6 +445,136 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         log_level=args.log_level,
         metrics_dir=args.metrics_dir,
         access=_access_config(args),
+        **_monitoring_values(args),
+    )
+
+
+# -- monitoring ---------------------------------------------------------------------------------
+
+
+def _share(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text!r}")
+    return value
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _monitoring_options(options: _Options) -> None:
+    defaults = ServeConfig(model_uri="")
+    options.add(
+        "--reference-uri",
+        "REFERENCE_URI",
+        str,
+        None,
+        "reference profile (local path or file://) for drift metrics; written by `profile`",
+    )
+    options.add(
+        "--reference-digest", "REFERENCE_DIGEST", str, None, "expected sha256:<64 hex> of it"
+    )
+    options.add(
+        "--drift-window",
+        "DRIFT_WINDOW_SECONDS",
+        _positive_float,
+        defaults.drift_window_seconds,
+        "seconds of recent traffic the PSI figures describe",
+    )
+    options.add(
+        "--drift-min-rows",
+        "DRIFT_MIN_ROWS",
+        _positive_int,
+        defaults.drift_min_rows,
+        "rows a worker's window needs before it reports PSI",
+    )
+    options.add(
+        "--drift-max-features",
+        "DRIFT_MAX_FEATURES",
+        _non_negative_int,
+        defaults.drift_max_features,
+        "features with a PSI figure (the first ones); the rest are only range-checked together",
+    )
+    options.add("--payload-log-url", "PAYLOAD_LOG_URL", _http_url, None, "HTTP sink of CloudEvents")
+    options.add(
+        "--payload-log-sample-rate",
+        "PAYLOAD_LOG_SAMPLE_RATE",
+        _share,
+        defaults.payload_log_sample_rate,
+        "share of requests logged (0-1)",
+    )
+    options.add(
+        "--payload-log-redact",
+        "PAYLOAD_LOG_REDACT",
+        _names,
+        (),
+        "comma-separated feature names or indices replaced before logging",
+    )
+    options.add(
+        "--payload-log-max-queue",
+        "PAYLOAD_LOG_MAX_QUEUE",
+        _positive_int,
+        defaults.payload_log_max_queue,
+        "events held per worker; beyond it they are dropped and counted",
+    )
+
+
+def _monitoring_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "reference_uri": args.reference_uri or None,
+        "reference_digest": args.reference_digest or None,
+        "drift_window_seconds": args.drift_window,
+        "drift_min_rows": args.drift_min_rows,
+        "drift_max_features": args.drift_max_features,
+        "payload_log_url": args.payload_log_url or None,
+        "payload_log_sample_rate": args.payload_log_sample_rate,
+        "payload_log_redact": args.payload_log_redact,
+        "payload_log_max_queue": args.payload_log_max_queue,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    """What `python -m modelserver profile` runs with."""
+
+    model_uri: str
+    data: str
+    out: str
+    model_format: str = "joblib"
+    model_digest: str | None = None
+    bins: int = 10
+    log_level: str = "INFO"
+
+
+def parse_profile(argv: Sequence[str], environ: Mapping[str, str]) -> ProfileConfig:
+    """Parses the profile flags; an unusable value raises ConfigError."""
+    parser = _Parser(
+        prog="python -m modelserver profile",
+        description="Write the reference profile (JSON) of a model's training data.",
+    )
+    options = _Options(parser, environ)
+    options.add("--model", "MODEL_URI", str, None, "the model file (path or file://)")
+    options.add("--model-format", "MODEL_FORMAT", _model_format, "joblib", "joblib or skops")
+    options.add("--model-digest", "MODEL_DIGEST", str, None, "expected sha256:<64 hex>")
+    options.add("--data", "PROFILE_DATA", str, None, "training data: CSV or .npy")
+    options.add("--out", "PROFILE_OUT", str, None, "the profile file to write")
+    options.add("--bins", "PROFILE_BINS", _positive_int, 10, "quantile bins per feature")
+    options.add("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR")
+    args = parser.parse_args(list(argv))
+    for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)):
+        if not value:
+            raise ConfigError(f"{flag} is required")
+    return ProfileConfig(
+        model_uri=args.model,
+        data=args.data,
+        out=args.out,
+        model_format=args.model_format,
+        model_digest=args.model_digest or None,
+        bins=args.bins,
+        log_level=args.log_level,
     )
 
 

@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from modelserver import __version__, batching, codec, monitoring, runtime, v1, v2
+from modelserver import __version__, batching, codec, drift, monitoring, payloadlog, runtime, v1, v2
 from modelserver.admission import Admission
 from modelserver.errors import (
     BadRequestError,
@@ -93,6 +93,7 @@ class _Call:
         return self.client.gone
 
     def done(self, result: np.ndarray) -> None:
+        self.plane.log_payload(self.x, self.method, result)
         self.end(Reply(200, v1.encode(result)))
 
     def fail(self, error: RequestError) -> None:
@@ -119,6 +120,7 @@ class _V2Call(_Call):
 
     def done(self, result: np.ndarray) -> None:
         plane = self.plane
+        plane.log_payload(self.x, self.method, result)
         body, header_length = v2.encode(result, self.request, plane.model_name, plane.model_version)
         if header_length is None:
             reply = Reply(200, body)
@@ -151,6 +153,7 @@ class DataPlane:
         max_queue_depth: int,
         is_ready: Callable[[], bool],
         admission: Admission,
+        drift_settings: drift.WindowSettings | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_version = model_version
@@ -163,6 +166,8 @@ class DataPlane:
         self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="work")
         self._finite_only = False  # the model refuses NaN and infinity (learnt when loaded)
         self._batch_settings = (max_batch_size, max_batch_wait_seconds, max_queue_depth)
+        self._drift_settings = drift_settings or drift.WindowSettings()
+        self._payload_log: payloadlog.PayloadLogger | None = None
         self._runtime: runtime.SklearnRuntime | None = None
         self._batcher: batching.Batcher | None = None
         self._n_features: int | None = None
@@ -182,12 +187,19 @@ class DataPlane:
         """Requests waiting in this worker's batcher."""
         return 0 if self._batcher is None else self._batcher.depth
 
-    def set_runtime(self, model: runtime.SklearnRuntime) -> None:
-        """Starts serving a loaded model."""
+    def set_runtime(
+        self,
+        model: runtime.SklearnRuntime,
+        reference: drift.Profile | None = None,
+        payload_log: payloadlog.PayloadLogger | None = None,
+    ) -> None:
+        """Starts serving a loaded model (watched against `reference`, its requests and answers
+        logged to `payload_log`, when given)."""
+        self._payload_log = payload_log
         max_batch_size, max_wait, max_queue_depth = self._batch_settings
         self._batcher = batching.Batcher(
             self._loop,
-            monitoring.observed(model.run, self._observers(model)),
+            monitoring.observed(model.run, self._observers(model, reference)),
             max_batch_size=max_batch_size,
             max_wait_seconds=max_wait,
             max_queue_depth=max_queue_depth,
@@ -202,18 +214,37 @@ class DataPlane:
         self._metrics.observe_load(model.info.load_seconds)
         self._runtime = model
 
-    def _observers(self, model: runtime.SklearnRuntime) -> list[monitoring.Observer]:
-        """What watches every predict call: the predictions per class or value."""
-        if model.info.is_classifier and model.info.classes is None:
+    def _observers(
+        self, model: runtime.SklearnRuntime, reference: drift.Profile | None
+    ) -> list[monitoring.Observer]:
+        """What watches every predict call: the predictions per class or value, and the drift
+        against the reference profile."""
+        info = model.info
+        if info.is_classifier and info.classes is None:
             return []  # multi-output classifiers: one set of classes per output, not counted
+        classes = info.classes if info.is_classifier else None
+        registry = self._metrics.registry
+        value_buckets = monitoring.DEFAULT_VALUE_BUCKETS
+        if reference is not None and reference.prediction_edges:
+            value_buckets = reference.prediction_edges  # the histogram then shows the PSI bins
+        name, version = self.model_name, self.model_version
         counter = monitoring.PredictionCounter(
-            self._metrics.registry,
-            model=self.model_name,
-            version=self.model_version,
-            classes=model.info.classes if model.info.is_classifier else None,
+            registry, model=name, version=version, classes=classes, value_buckets=value_buckets
         )
+        observers: list[monitoring.Observer] = [counter.observe]
         self._metrics.also_flush(counter.flush)
-        return [counter.observe]
+        if reference is not None:
+            watch = drift.DriftMonitor(
+                registry,
+                reference,
+                model=name,
+                version=version,
+                classes=classes,
+                settings=self._drift_settings,
+            )
+            observers.append(watch.observe)
+            self._metrics.also_flush(watch.flush)
+        return observers
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -361,6 +392,16 @@ class DataPlane:
         """Counts an inference answer and hands it to the HTTP layer."""
         self._metrics.observe_request(protocol, reply.status, time.perf_counter() - started)
         respond(reply)
+
+    def log_payload(self, x: np.ndarray, method: str, result: np.ndarray) -> None:
+        """Hands an answered request to the payload log, if there is one."""
+        if self._payload_log is not None:
+            self._payload_log.log(x, method, result)
+
+    async def stop_payload_log(self) -> None:
+        """Gives the payload log a second to send what it holds, then stops it."""
+        if self._payload_log is not None:
+            await self._payload_log.stop(timeout=1.0)
 
     def _check_name(self, name: str) -> None:
         if name != self.model_name:

@@ -26,7 +26,18 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import access, auth, kubeapi, loader, ratelimit, termination, tls
+from modelserver import (
+    access,
+    auth,
+    drift,
+    kubeapi,
+    loader,
+    payloadlog,
+    ratelimit,
+    runtime,
+    termination,
+    tls,
+)
 from modelserver.admission import Admission
 from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
@@ -34,7 +45,6 @@ from modelserver.errors import ModelLoadError
 from modelserver.httpserver import HttpServer, Router
 from modelserver.metrics import FLUSH_INTERVAL_SECONDS, Metrics
 from modelserver.readiness import Readiness
-from modelserver.runtime import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +127,11 @@ def _build(
         max_queue_depth=config.max_queue_depth,
         is_ready=lambda: readiness.ready,
         admission=admission,
+        drift_settings=drift.WindowSettings(
+            seconds=config.drift_window_seconds,
+            min_rows=config.drift_min_rows,
+            max_features=config.drift_max_features,
+        ),
     )
     http = HttpServer(
         loop,
@@ -212,29 +227,19 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, request_stop, config.drain_delay_seconds)
     loop.add_signal_handler(signal.SIGINT, request_stop, 0.0)
 
-    loading = loop.run_in_executor(
-        None,
-        loader.load,
-        config.model_uri,
-        config.model_format,
-        config.model_digest,
-        config.trusted_types,
-    )
+    loading = loop.run_in_executor(None, _load, config)
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
         try:
-            model = loading.result()
+            model, reference, redact = loading.result()
         except Exception as error:
-            detail = str(error) if isinstance(error, ModelLoadError) else repr(error)
-            reason = f"model load failed: {detail}"
-            log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
-            termination.write_reason(reason, config.termination_log)
+            _report_load_failure(config, error)
             server.close()
             stopping.cancel()
             flushing.cancel()
             return EXIT_LOAD_FAILED
-        plane.set_runtime(model)
+        plane.set_runtime(model, reference, _payload_logger(config, metrics, redact))
         _settle(config.workers)
         await server.start_serving()
         readiness.mark_loaded(index)
@@ -242,12 +247,64 @@ async def _serve(
     await stopping
 
     clean = await _drain(server, http, drain_delay, config.graceful_timeout_seconds, index)
+    await plane.stop_payload_log()
     flushing.cancel()
     metrics.flush()
     if not loading.done():
         log.info("stopped before the model was loaded", extra={"worker": index})
     log.info("stopped", extra={"worker": index, "clean": clean})
     return EXIT_OK
+
+
+def _report_load_failure(config: ServeConfig, error: Exception) -> None:
+    """Logs why the model could not be loaded and leaves it as the termination message."""
+    detail = str(error) if isinstance(error, ModelLoadError | drift.ProfileError) else repr(error)
+    reason = f"model load failed: {detail}"
+    log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
+    termination.write_reason(reason, config.termination_log)
+
+
+def _load(
+    config: ServeConfig,
+) -> tuple[runtime.SklearnRuntime, drift.Profile | None, list[int]]:
+    """The model, the reference profile that fits it (when configured) and the columns the
+    payload log redacts."""
+    model = loader.load(
+        config.model_uri, config.model_format, config.model_digest, config.trusted_types
+    )
+    reference = None
+    info = model.info
+    names_in = getattr(model.estimator, "feature_names_in_", None)
+    names = None if names_in is None else [str(name) for name in names_in]
+    if config.reference_uri is not None:
+        reference = drift.read_profile(config.reference_uri, config.reference_digest)
+        drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
+        names = [feature.name for feature in reference.features]
+    try:
+        redact = payloadlog.redacted_indices(config.payload_log_redact, names)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
+    return model, reference, redact
+
+
+def _payload_logger(
+    config: ServeConfig, metrics: Metrics, redact: list[int]
+) -> payloadlog.PayloadLogger | None:
+    """The started payload log, when a sink is configured."""
+    if config.payload_log_url is None:
+        return None
+    payload_log = payloadlog.PayloadLogger(
+        metrics.registry,
+        model=config.model_name,
+        version=config.model_version,
+        url=config.payload_log_url,
+        sample_rate=config.payload_log_sample_rate,
+        redact=redact,
+        max_queue=config.payload_log_max_queue,
+    )
+    payload_log.start()
+    metrics.also_flush(payload_log.flush)
+    return payload_log
 
 
 async def _drain(
@@ -262,7 +319,7 @@ async def _drain(
     return await http.wait_closed(timeout)
 
 
-def _log_loaded(name: str, index: int, info: ModelInfo) -> None:
+def _log_loaded(name: str, index: int, info: runtime.ModelInfo) -> None:
     log.info(
         "model loaded",
         extra={

@@ -93,12 +93,21 @@ operator_kubeconfig = integration_support.write_operator_kubeconfig
 
 
 @contextlib.contextmanager
-def operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m modeldeploy`` as users run it, with its default server image."""
+def operator_process(
+    kubeconfig: Path, log_path: Path, metrics_port: int = 0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m modeldeploy`` as users run it, with its default server image (its metrics on
+    127.0.0.1:``metrics_port`` when one is given)."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modeldeploy", "--metrics-port=0", "--health-port=0"],
+            [
+                sys.executable,
+                "-m",
+                "modeldeploy",
+                f"--metrics-port={metrics_port}",
+                "--health-port=0",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

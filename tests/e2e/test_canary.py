@@ -15,6 +15,7 @@ import io
 import operator as std_operator
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import localcluster
-from localcluster import images
+from localcluster import images, process
 from modeldeploy import canary
 
 from .support import (
@@ -55,12 +56,28 @@ class Operator:
         self._kubeconfig, self._log = kubeconfig, log
         self._running: Any = None
         self.proc: Any = None
+        self.metrics_port = 0
+        self.api_calls_before = 0.0  # API requests made by the processes killed so far
 
     def start(self) -> None:
-        self._running = operator_process(self._kubeconfig, self._log)
+        (self.metrics_port,) = process.free_ports(1)
+        self._running = operator_process(self._kubeconfig, self._log, self.metrics_port)
         self.proc = self._running.__enter__()
 
+    def api_calls(self) -> float:
+        """Kubernetes API requests made so far, by every process of this operator."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        calls = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modeldeploy_api_requests_total{")
+        )
+        return self.api_calls_before + calls
+
     def kill_and_restart(self) -> None:
+        self.api_calls_before = self.api_calls()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
         self._running.__exit__(None, None, None)
@@ -103,13 +120,14 @@ def _bad_models() -> dict[str, bytes]:
     return {"/constant.joblib": _joblib(constant), "/broken.joblib": _joblib(broken)}
 
 
-def _spec(model: dict[str, Any], **rollout: Any) -> dict[str, Any]:
+def _spec(model: dict[str, Any], deadline: int = 180) -> dict[str, Any]:
+    """Every field set: patches are JSON merge patches, a field left out keeps its old value."""
     return {
         "model": model,
         "replicas": 2,
         "rollout": {
             "strategy": "Canary",
-            "progressDeadlineSeconds": 40,
+            "progressDeadlineSeconds": deadline,
             "canary": {
                 "steps": [{"weight": 25, "pauseSeconds": 5}, {"weight": 50, "pauseSeconds": 5}],
                 "analysis": {
@@ -121,7 +139,6 @@ def _spec(model: dict[str, Any], **rollout: Any) -> dict[str, Any]:
                     "failureLimit": 1,
                 },
             },
-            **rollout,
         },
     }
 
@@ -131,16 +148,19 @@ def _canary(models: Models) -> dict[str, Any]:
 
 
 def _wait_state(models: Models, version: str, state: str, timeout: float) -> dict[str, Any]:
-    return wait_for(
-        f"canary of version {version} {state}",
-        lambda: (
-            (c := _canary(models)).get("model", {}).get("version") == version
-            and c.get("state") == state
-            and c
-        ),
-        timeout=timeout,
-        interval=1,
-    )
+    last: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        nonlocal last
+        last = _canary(models)
+        right = last.get("model", {}).get("version") == version and last.get("state") == state
+        return last if right else None
+
+    try:
+        return wait_for(f"canary of version {version} {state}", probe, timeout, interval=1)
+    except AssertionError as error:
+        ready = models.current_condition(models.get(NAME), "Ready")
+        raise AssertionError(f"{error}; status.canary: {last}; Ready: {ready}") from None
 
 
 def _reasons(core: client.CoreV1Api, namespace: str) -> list[str]:
@@ -182,7 +202,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     )
 
     # 1. A good version through both steps, the operator killed at step 1: promoted.
-    started = time.monotonic()
+    started, calls = time.monotonic(), operator.api_calls()
     models.patch_spec(NAME, _spec({"uri": SKOPS_URI, "format": "skops", "version": "2"}))
     at_step_1 = wait_for(
         "step 1 analysed",
@@ -196,6 +216,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     wait_for("the canary Deployment gone", lambda: models.deployment(f"{NAME}-canary") is None, 120)
     body = models.wait_condition(NAME, "Ready", timeout=120)
     promotion_seconds = time.monotonic() - started
+    canary_calls = operator.api_calls() - calls
     assert body["status"]["model"]["version"] == "2"
     assert promoted["steps"] == 2
     reasons = _reasons(core, namespace)
@@ -209,11 +230,16 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         def http_model(path: str, version: str) -> dict[str, Any]:
             digest = "sha256:" + hashlib.sha256(bad[path]).hexdigest()
-            return {"uri": f"{base}{path}", "digest": digest, "version": version}
+            return {
+                "uri": f"{base}{path}",
+                "format": "joblib",
+                "digest": digest,
+                "version": version,
+            }
 
         # 2. One constant class: the prediction-shift gate rolls it back; nothing failed.
         models.patch_spec(NAME, _spec(http_model("/constant.joblib", "3")))
-        rolled = _wait_state(models, "3", "RolledBack", timeout=180)
+        rolled = _wait_state(models, "3", "RolledBack", timeout=240)
         assert "prediction shift" in rolled["analysis"]["message"], rolled
         body = models.wait_condition(NAME, "Stalled", "True", "CanaryRolledBack", timeout=30)
         assert "prediction shift" in models.current_condition(body, "Stalled")["message"]  # type: ignore[index]
@@ -223,7 +249,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
 
         # 3. 5xx on real inputs: the error-rate gate rolls it back; then no more failures.
         models.patch_spec(NAME, _spec(http_model("/broken.joblib", "4")))
-        rolled = _wait_state(models, "4", "RolledBack", timeout=180)
+        rolled = _wait_state(models, "4", "RolledBack", timeout=240)
         assert "error rate" in rolled["analysis"]["message"], rolled
         wait_for("the broken canary gone", lambda: models.deployment(f"{NAME}-canary") is None, 60)
         before = client_counts(core, namespace, "load")
@@ -232,10 +258,16 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
         assert after["failed"] == before["failed"], after["errors"]
 
         # 4. Never Ready (the artifact is not there): rolled back at progressDeadlineSeconds.
-        missing = {"uri": f"{base}/missing.joblib", "digest": "sha256:" + "0" * 64, "version": "5"}
-        models.patch_spec(NAME, _spec(missing))
+        missing = {
+            "uri": f"{base}/missing.joblib",
+            "format": "joblib",
+            "digest": "sha256:" + "0" * 64,
+            "version": "5",
+        }
+        models.patch_spec(NAME, _spec(missing, deadline=30))
         rolled = _wait_state(models, "5", "RolledBack", timeout=120)
         assert "progress deadline" in rolled["analysis"]["message"], rolled
+        assert "ModelFetchFailed" in rolled["analysis"]["message"], rolled  # and why
 
     # 5. abort, then promote, by annotation.
     def annotate(value: str) -> None:
@@ -248,11 +280,11 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
             {"metadata": {"annotations": {canary.COMMAND_ANNOTATION: value}}},
         )
 
-    models.patch_spec(NAME, _spec({"uri": FILE_URI, "version": "6"}))
+    models.patch_spec(NAME, _spec({"uri": FILE_URI, "format": "joblib", "version": "6"}))
     _wait_state(models, "6", "Progressing", timeout=60)
     annotate("abort")
     _wait_state(models, "6", "RolledBack", timeout=60)
-    models.patch_spec(NAME, _spec({"uri": FILE_URI, "version": "7"}))
+    models.patch_spec(NAME, _spec({"uri": FILE_URI, "format": "joblib", "version": "7"}))
     _wait_state(models, "7", "Progressing", timeout=60)
     annotate("promote")
     _wait_state(models, "7", "Promoted", timeout=60)
@@ -264,6 +296,7 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     # Failures only from the broken version's canary pods (case 3), none from the stable.
     assert final["failed"] == after["failed"], final["errors"]
     print(
-        f"promotion with 2 steps of 5s took {promotion_seconds:.0f}s; "
+        f"promotion with 2 steps of 5s took {promotion_seconds:.0f}s and "
+        f"{canary_calls:.0f} Kubernetes API requests (operator restart included); "
         f"{final['ok']} requests answered, {final['failed']} failed (all by the broken canary)"
     )

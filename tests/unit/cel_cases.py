@@ -14,6 +14,12 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("pvc-uri", "ok", {"model": {"uri": "pvc://Claim/x"}}, "pvc:// URIs name a claim and a path"),
     ("s3-uri", "ok", {"model": {"uri": "s3://b"}}, "s3:// URIs name a bucket and a key"),
     (
+        "reference-uri",
+        "ok",
+        {"model": M, "monitoring": {"reference": {"uri": "pvc://Claim/p.json"}}},
+        "pvc:// URIs name a claim and a path",
+    ),
+    (
         "http-uri",
         "ok",
         {"model": {"uri": "https://host"}},

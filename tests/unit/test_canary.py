@@ -397,6 +397,23 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_at_the_deadline() -> N
     assert "progress deadline" in move.conditions[2]
 
 
+def test_a_stuck_canary_pod_says_why_while_waiting_and_in_the_rollback() -> None:
+    run = Run(_spec())
+    run.step(canary_ready=False)
+    why = "ModelFetchFailed: pod iris-canary-x container fetch-model: HTTP 404"
+    world = run.world()
+    world = canary.World(**{**world.__dict__, "canary_pod_failure": why})
+    waiting = canary.decide(world)
+    assert waiting.conditions is not None
+    assert why in waiting.conditions[2]
+    world = canary.World(**{**world.__dict__, "now": T0 + timedelta(seconds=121)})
+    rolled = canary.decide(world)
+    assert rolled.status is not None
+    assert rolled.status.state == "RolledBack"
+    assert rolled.conditions is not None
+    assert why in rolled.conditions[2]
+
+
 def test_abort_and_promote_commands() -> None:
     run = Run(_spec())
     run.step()
