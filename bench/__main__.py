@@ -1,4 +1,6 @@
-"""`python -m bench [server|operator|all] [--quick] [--only server|operator] [options]`.
+"""`python -m bench [server|operator|access|all] [--quick] [--only server|operator] [options]`.
+
+`access` (bench/server/access.py) measures auth and TLS on our server; `all` leaves it out.
 
 With no word (or `all`) it runs the model server benchmark and then, if the
 module `bench.operator_bench` exists, the operator benchmark. `--quick` makes
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-WHAT = ("server", "operator", "all")
+WHAT = ("server", "operator", "access", "all")
 USAGE = __doc__ or ""
 
 
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     status = 0
+    if what == "access":  # not part of `all`: it starts a local control plane
+        return int(importlib.import_module("bench.server.access").run(rest) or 0)
     if what in ("server", "all"):
         server_bench = importlib.import_module("bench.server")
         status = int(server_bench.run(rest) or 0) or status

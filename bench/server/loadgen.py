@@ -61,6 +61,7 @@ def run_wrk(
     connections: int,
     duration_s: float,
     threads: int,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     script = LUA_DIR / f"{protocol}.lua"
     cmd = [
@@ -75,6 +76,7 @@ def run_wrk(
         f"{REQUEST_TIMEOUT_S}s",
         "-s",
         str(script),
+        *(arg for header in headers for arg in ("-H", header)),
         base_url,
         "--",
         model_name,

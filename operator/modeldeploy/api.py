@@ -356,6 +356,65 @@ class Server(Model):
     image: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
     """Override of the model server image (default: the operator's configured image)."""
 
+    rate_limit: RateLimit | None = None
+    """Requests per second each pod admits (health and metrics aside); beyond it 429 with
+    Retry-After."""
+
+
+# -- inference access (issue 13): who may call the model, over what, how often ----------------
+
+
+class RateLimit(
+    Model,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            cel(
+                # The schema's minimum alone lets 0 through: the API server compares a whole
+                # number with the minimum truncated to a whole number (0.01 -> 0).
+                "self.requestsPerSecond >= 0.01",
+                "requestsPerSecond must be at least 0.01",
+                ".requestsPerSecond",
+                twin=lambda r: r.requests_per_second >= 0.01,
+            )
+        ]
+    },
+):
+    """A per-pod token bucket, shared by the server's worker processes."""
+
+    requests_per_second: float = Field(le=1_000_000)  # at least 0.01: the CEL rule above
+    """Average requests per second one pod admits."""
+
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Requests admitted at once above the average (default: one second's worth)."""
+
+
+class AuthMode(StrEnum):
+    """How callers prove who they are."""
+
+    NONE = "None"
+    KUBERNETES = "Kubernetes"
+
+
+class Auth(Model):
+    """Who may call the model."""
+
+    mode: AuthMode = AuthMode.NONE
+    """None: any caller the NetworkPolicy admits. Kubernetes: callers send Authorization:
+    Bearer <token> (a ServiceAccount token); the server checks it with a TokenReview and a
+    SubjectAccessReview for create on modeldeployments/predict named after this resource, so
+    RBAC decides (a Role with that rule, bound to the caller)."""
+
+
+class Tls(Model):
+    """HTTPS for the model server."""
+
+    secret_name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """A kubernetes.io/tls Secret in the same namespace (tls.crt, tls.key). The server picks up
+    a renewed certificate within about a minute, without restarting; status.url becomes
+    https://."""
+
 
 _ZERO = "['0', '0%']"
 
@@ -525,7 +584,19 @@ class PeerSelector(
     """A CIDR range that may connect."""
 
 
-class NetworkPolicySettings(Model):
+class NetworkPolicySettings(
+    Model,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            cel(
+                "!has(self.allowMetricsFrom) || !has(self.enabled) || self.enabled",
+                "allowMetricsFrom needs the NetworkPolicy: it has no effect with enabled: false",
+                ".allowMetricsFrom",
+                twin=lambda n: n.allow_metrics_from is None or n.enabled,
+            )
+        ]
+    },
+):
     """Network isolation of the model pods."""
 
     enabled: bool = True
@@ -534,6 +605,10 @@ class NetworkPolicySettings(Model):
     allow_from: list[PeerSelector] | None = Field(default=None, max_length=32)
     """Peers allowed to reach the model server. Empty or absent: pods of the same namespace
     only."""
+
+    allow_metrics_from: list[PeerSelector] | None = Field(default=None, max_length=32)
+    """Peers (for example the Prometheus namespace) allowed to reach the metrics and health
+    port only, never inference."""
 
 
 # -- monitoring (issue 12) -----------------------------------------------------------------------
@@ -638,6 +713,12 @@ class ModelDeploymentSpec(
 
     network_policy: NetworkPolicySettings | None = None
     """Network isolation (on by default)."""
+
+    auth: Auth | None = None
+    """Who may call the model (default: mode None)."""
+
+    tls: Tls | None = None
+    """Serve HTTPS with a certificate from a Secret."""
 
     suspend: bool = False
     """Scale to zero and keep every object; false brings the replicas back."""

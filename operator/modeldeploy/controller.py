@@ -88,6 +88,9 @@ class Controller:
         key = _key(body)
         if event_type == "DELETED":
             self._drop(key, body["metadata"].get("uid", ""))
+            if ((body.get("spec") or {}).get("auth") or {}).get("mode") == "Kubernetes":
+                # Cluster-scoped, so garbage collection cannot remove it with the resource.
+                self._executor.submit(self._unbind_reviewer, *key)
             self.report_memory()
             return
         before = self._parents.get(key)
@@ -118,6 +121,12 @@ class Controller:
             self.queue.add(key)
         if deleted:
             self.report_memory()
+
+    def _unbind_reviewer(self, namespace: str, name: str) -> None:
+        try:
+            self.reconciler.unbind_reviewer(namespace, name)
+        except KubeError as error:
+            logger.warning("%s/%s: the token-review binding stays: %s", namespace, name, error)
 
     def _drop(self, key: Key, uid: str) -> None:
         self._parents.pop(key, None)

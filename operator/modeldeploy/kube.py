@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection, leaderelectionrecord
 
 from modeldeploy import api, metrics
-from modeldeploy.render import CHILD_KINDS, DEPLOYMENT, ChildKind
+from modeldeploy.render import CHILD_KINDS, DEPLOYMENT, REVIEWER_BINDING, ChildKind
 from modeldeploy.settings import Settings
 
 Obj = dict[str, Any]
@@ -117,11 +117,15 @@ def _base(api_version: str) -> str:
 
 
 def _path(api_version: str, plural: str, namespace: str, name: str | None = None) -> str:
-    path = f"{_base(api_version)}/namespaces/{namespace}/{plural}"
+    """The object's URL path; an empty namespace addresses a cluster-scoped kind."""
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    path = f"{_base(api_version)}{scope}/{plural}"
     return f"{path}/{name}" if name else path
 
 
-_PLURALS = {kind.kind: kind.plural for kind in CHILD_KINDS} | {api.KIND: api.PLURAL}
+_PLURALS = {kind.kind: kind.plural for kind in (*CHILD_KINDS, REVIEWER_BINDING)} | {
+    api.KIND: api.PLURAL
+}
 
 
 class Kube:
@@ -183,7 +187,9 @@ class Kube:
     def apply(self, obj: Obj, *, field_manager: str | None = None) -> Obj:
         """Server-side apply ``obj`` (force: the operator is the authority on what it renders)."""
         meta = obj["metadata"]
-        path = _path(obj["apiVersion"], _PLURALS[obj["kind"]], meta["namespace"], meta["name"])
+        path = _path(
+            obj["apiVersion"], _PLURALS[obj["kind"]], meta.get("namespace", ""), meta["name"]
+        )
         return self._call(
             "PATCH",
             path,

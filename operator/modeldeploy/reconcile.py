@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import api, canary, drift, metrics, render, scrape, status
+from modeldeploy import access, api, canary, drift, metrics, render, scrape, status
 from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
@@ -362,7 +362,9 @@ class Reconciler:
             deployment=deployment,
             pod_failure=pod_failure,
             selector=render.selector_string(owner),
-            url=render.service_url(owner, self.settings.cluster_domain),
+            url=render.service_url(
+                owner, self.settings.cluster_domain, tls=spec is not None and spec.tls is not None
+            ),
             apply_failure=self._apply_failures.get(uid),
             canary=None
             if move is None
@@ -593,6 +595,7 @@ class Reconciler:
             raise failed
         for kind, name in unwanted:
             self._delete_unwanted(kind, owner, name, outcome, full=full)
+        self._bind_reviewer(spec, owner, outcome, full=full)
         if frozen is not None and move is not None:
             deployment = frozen
             target = move.stable_replicas
@@ -602,6 +605,38 @@ class Reconciler:
                 metrics.WRITES.labels(kind=render.DEPLOYMENT.kind, verb="scale").inc()
                 outcome.changed.append("Deployment/scale")
         return deployment
+
+    def _bind_reviewer(
+        self, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome, *, full: bool
+    ) -> None:
+        """With auth on, the ClusterRoleBinding that lets the model pods review tokens; removed
+        when auth is turned off (or the resource deleted: unbind_reviewer)."""
+        key = (
+            owner.uid,
+            render.REVIEWER_BINDING.kind,
+            access.reviewer_binding_name(owner.namespace, owner.name),
+        )
+        if access.auth_on(spec):
+            binding = render.render_reviewer_binding(owner)
+            digest = _digest(binding)
+            if not full and self._applied.get(key) == (digest, ""):
+                return
+            self.kube.apply(binding)
+            metrics.WRITES.labels(kind=render.REVIEWER_BINDING.kind, verb="apply").inc()
+            self._applied[key] = (digest, "")
+        elif self._applied.pop(key, None) is not None and self.unbind_reviewer(
+            owner.namespace, owner.name
+        ):
+            outcome.deleted.append(render.REVIEWER_BINDING.kind)
+
+    def unbind_reviewer(self, namespace: str, name: str) -> bool:
+        """Deletes a resource's token-review binding; False when there was none."""
+        deleted = self.kube.delete(
+            render.REVIEWER_BINDING, "", access.reviewer_binding_name(namespace, name)
+        )
+        if deleted:
+            metrics.WRITES.labels(kind=render.REVIEWER_BINDING.kind, verb="delete").inc()
+        return deleted
 
     def _plan_canary(
         self,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from modeldeploy import api, canary
+from modeldeploy import access, api, canary
 from modeldeploy.settings import Settings
 
 Obj = dict[str, Any]
@@ -76,7 +76,12 @@ SERVICE = ChildKind("v1", "Service", "services")
 HPA = ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 NETWORK_POLICY = ChildKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 PDB = ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-CHILD_KINDS = (DEPLOYMENT, SERVICE, HPA, NETWORK_POLICY, PDB)
+SERVICE_ACCOUNT = ChildKind("v1", "ServiceAccount", "serviceaccounts")  # with auth on
+CHILD_KINDS = (DEPLOYMENT, SERVICE, HPA, NETWORK_POLICY, PDB, SERVICE_ACCOUNT)
+# Cluster-scoped, so not a child (no owner reference, not watched): see access.py.
+REVIEWER_BINDING = ChildKind(
+    "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings"
+)
 
 
 def child_kind(kind: str) -> ChildKind:
@@ -101,8 +106,8 @@ def common_labels(owner: Owner) -> dict[str, str]:
     return {**selector_labels(owner), LABEL_MANAGED_BY: MANAGED_BY}
 
 
-def service_url(owner: Owner, cluster_domain: str) -> str:
-    return f"http://{owner.name}.{owner.namespace}.svc.{cluster_domain}"
+def service_url(owner: Owner, cluster_domain: str, *, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://{owner.name}.{owner.namespace}.svc.{cluster_domain}"
 
 
 def _metadata(owner: Owner) -> Obj:
@@ -432,6 +437,7 @@ def render_deployment(
         pod_spec["initContainers"] = [_fetch_container(image, spec.model)]
     if spec.monitoring is not None:
         _add_monitoring(pod_spec, server, image, spec.monitoring)
+    access.secure_pod(pod_spec, server, spec, owner.name, owner.namespace)
 
     deployment_spec: Obj = {
         "selector": {"matchLabels": selector_labels(owner)},
@@ -474,23 +480,15 @@ def render_deployment(
     return deployment
 
 
-def render_service(owner: Owner) -> Obj:
-    """ClusterIP Service in front of the model pods; port 80 named http."""
+def render_service(owner: Owner, spec: api.ModelDeploymentSpec) -> Obj:
+    """ClusterIP Service in front of the model pods; port 80 named http (443 https with TLS)."""
     return _object(
         SERVICE,
         owner,
         {
             "type": "ClusterIP",
             "selector": selector_labels(owner),
-            "ports": [
-                {
-                    "name": "http",
-                    "port": SERVICE_PORT,
-                    "targetPort": "http",
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                }
-            ],
+            "ports": [access.service_port(spec, SERVICE_PORT)],
         },
     )
 
@@ -558,9 +556,15 @@ def render_network_policy(
                     if operator_namespace
                     else []
                 ),
+                *access.metrics_ingress(settings, HEALTH_PORT),
             ],
         },
     )
+
+
+def render_reviewer_binding(owner: Owner) -> Obj:
+    """The ClusterRoleBinding letting the model pods review tokens (with auth on)."""
+    return access.render_reviewer_binding(owner.name, owner.namespace, common_labels(owner))
 
 
 def render_pdb(owner: Owner) -> Obj:
@@ -582,8 +586,12 @@ class Children:
 
 def render_children(owner: Owner, spec: api.ModelDeploymentSpec, settings: Settings) -> Children:
     """Every child the spec asks for, in apply order, and the kinds to delete."""
-    wanted = [render_deployment(owner, spec, settings), render_service(owner)]
+    wanted = [render_deployment(owner, spec, settings), render_service(owner, spec)]
     unwanted: list[ChildKind] = []
+    if access.auth_on(spec):
+        wanted.insert(0, access.render_server_account(_metadata(owner)))
+    else:
+        unwanted.append(SERVICE_ACCOUNT)
     if spec.autoscaling is not None:
         wanted.append(render_hpa(owner, spec.autoscaling))
     else:

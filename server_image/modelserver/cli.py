@@ -45,4 +45,31 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
 
         return fetch.run(fetch_config)
     logs.configure(serve_config.log_level)
+    problem = preflight(serve_config, env)
+    if problem is not None:
+        reason = f"invalid configuration: {problem}"
+        print(reason, file=sys.stderr)
+        termination.write_reason(reason, serve_config.termination_log)
+        return 2
     return supervisor.serve(serve_config)
+
+
+def preflight(serve_config: config.ServeConfig, env: Mapping[str, str]) -> str | None:
+    """Why the access settings cannot work (unreadable certificate, no API server), if so: found
+    before any worker starts, reported like a bad flag."""
+    from modelserver import kubeapi, tls  # noqa: PLC0415 - only servers that use them.
+
+    settings = serve_config.access
+    if settings.tls_cert_file and settings.tls_key_file:
+        try:
+            tls.load_context(settings.tls_cert_file, settings.tls_key_file)
+        except tls.TlsConfigError as error:
+            return str(error)
+    if settings.auth == "kubernetes":
+        try:
+            kubeapi.discover(env)
+        except kubeapi.DiscoveryError as error:
+            return str(error)
+        if not (settings.auth_namespace or kubeapi.in_cluster_namespace()):
+            return "--auth kubernetes needs --auth-namespace (AUTH_NAMESPACE) outside a pod"
+    return None

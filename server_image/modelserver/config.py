@@ -16,11 +16,30 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 MODEL_FORMATS = ("joblib", "skops")
+AUTH_MODES = ("none", "kubernetes")
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
 class ConfigError(Exception):
     """A flag or environment variable has an unusable value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessConfig:
+    """Who may call the model and how often (issue 13): auth, TLS and the pod's rate limit."""
+
+    auth: str = "none"
+    # The ModelDeployment that SubjectAccessReviews name (default: the model name, and the
+    # namespace of the pod's ServiceAccount).
+    auth_name: str | None = None
+    auth_namespace: str | None = None
+    auth_allow_ttl_seconds: float = 60.0
+    auth_deny_ttl_seconds: float = 5.0
+    auth_cache_size: int = 4096
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    rate_limit_rps: float = 0.0  # 0: no limit
+    rate_limit_burst: int = 0  # 0: one second's worth of requests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +72,7 @@ class ServeConfig:
     access_log: bool = False
     log_level: str = "INFO"
     metrics_dir: str = "/tmp/modelserver-metrics"  # noqa: S108 - /tmp is the pod's only writable path.
+    access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
     # -- monitoring (drift.py, payloadlog.py) --
     reference_uri: str | None = None
     reference_digest: str | None = None
@@ -212,6 +232,82 @@ def _common(options: _Options) -> None:
     options.add("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
+def _auth_mode(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in AUTH_MODES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(AUTH_MODES)}, got {text!r}")
+    return lowered
+
+
+def _allow_ttl(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 60:  # the documented bound: a revoked binding bites within a minute
+        raise argparse.ArgumentTypeError(f"must be at most 60 seconds, got {text!r}")
+    return value
+
+
+def _access_options(options: _Options) -> None:
+    defaults = AccessConfig()
+    options.add("--auth", "AUTH", _auth_mode, "none", "none, or kubernetes (bearer tokens, RBAC)")
+    options.add("--auth-name", "AUTH_NAME", str, None, "resource name reviewed (default: model)")
+    options.add("--auth-namespace", "AUTH_NAMESPACE", str, None, "namespace reviewed")
+    options.add(
+        "--auth-allow-ttl",
+        "AUTH_ALLOW_TTL_SECONDS",
+        _allow_ttl,
+        defaults.auth_allow_ttl_seconds,
+        "seconds an allowed token is trusted without asking again (at most 60)",
+    )
+    options.add(
+        "--auth-deny-ttl",
+        "AUTH_DENY_TTL_SECONDS",
+        _non_negative_float,
+        defaults.auth_deny_ttl_seconds,
+        "seconds a refused token is refused without asking again",
+    )
+    options.add(
+        "--auth-cache-size",
+        "AUTH_CACHE_SIZE",
+        _non_negative_int,
+        defaults.auth_cache_size,
+        "tokens whose decision each worker remembers",
+    )
+    options.add("--tls-cert-file", "TLS_CERT_FILE", str, None, "PEM certificate: serve HTTPS")
+    options.add("--tls-key-file", "TLS_KEY_FILE", str, None, "PEM private key of the certificate")
+    options.add(
+        "--rate-limit-rps",
+        "RATE_LIMIT_RPS",
+        _non_negative_float,
+        0.0,
+        "requests per second the pod admits (health and metrics aside), 429 beyond; 0: no limit",
+    )
+    options.add(
+        "--rate-limit-burst",
+        "RATE_LIMIT_BURST",
+        _non_negative_int,
+        0,
+        "requests admitted at once above the rate; 0: one second's worth",
+    )
+
+
+def _access_config(args: argparse.Namespace) -> AccessConfig:
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise ConfigError("TLS needs both --tls-cert-file and --tls-key-file")
+    burst = args.rate_limit_burst or max(1, math.ceil(args.rate_limit_rps))
+    return AccessConfig(
+        auth=args.auth,
+        auth_name=args.auth_name or None,
+        auth_namespace=args.auth_namespace or None,
+        auth_allow_ttl_seconds=args.auth_allow_ttl,
+        auth_deny_ttl_seconds=args.auth_deny_ttl,
+        auth_cache_size=args.auth_cache_size,
+        tls_cert_file=args.tls_cert_file or None,
+        tls_key_file=args.tls_key_file or None,
+        rate_limit_rps=args.rate_limit_rps,
+        rate_limit_burst=burst,
+    )
+
+
 def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
     """Parses the serve flags; an unusable value raises ConfigError."""
     defaults = ServeConfig(model_uri="")
@@ -316,6 +412,7 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         defaults.metrics_dir,
         "scratch directory for the metrics of all worker processes",
     )
+    _access_options(options)
     _monitoring_options(options)
     args = parser.parse_args(list(argv))
     if not args.model_uri:
@@ -347,6 +444,7 @@ def parse_serve(argv: Sequence[str], environ: Mapping[str, str]) -> ServeConfig:
         access_log=args.access_log,
         log_level=args.log_level,
         metrics_dir=args.metrics_dir,
+        access=_access_config(args),
         **_monitoring_values(args),
     )
 

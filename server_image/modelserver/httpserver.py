@@ -24,6 +24,7 @@ import urllib.parse
 
 import httptools
 
+from modelserver.access import Gate, is_open
 from modelserver.admission import Admission
 from modelserver.dataplane import Client, DataPlane, Reply, error_reply
 from modelserver.errors import (
@@ -44,9 +45,12 @@ _REASONS = {
     100: "Continue",
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -67,8 +71,9 @@ _DRAIN_IDLE_SECONDS = 1.0  # when draining, a connection idle this long is close
 class Router:
     """Maps method and path to the data plane; the only place that knows the URLs."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, gate: Gate | None = None) -> None:
         self._plane = plane
+        self._gate = gate  # rate limit and authorization (access.py), when configured
         self._static = {
             b"/": plane.root,
             b"/v1/models": plane.models_v1,
@@ -86,8 +91,43 @@ class Router:
         body: bytes,
         header_length: int | None,
         client: Client,
+        *,
+        authorization: bytes | None = None,
     ) -> None:
         """Calls the data plane for one request; it answers through `client.respond`."""
+        if self._gate is None:
+            self._route(method, path, body, header_length, client)
+            return
+        plain = urllib.parse.unquote_to_bytes(path) if b"%" in path else path
+        if is_open(plain):
+            self._route(method, path, body, header_length, client)
+            return
+
+        verdict = self._gate.check(authorization)
+        if verdict is None:
+            self._route(method, path, body, header_length, client)
+        elif isinstance(verdict, Reply):
+            self._gate.refuse(plain, verdict, client)
+        else:  # PENDING
+
+            def proceed() -> None:
+                try:
+                    self._route(method, path, body, header_length, client)
+                except Exception:
+                    # Run after a token review: the connection's own guard is not around it.
+                    log.exception("request failed")
+                    client.respond(error_reply(InternalError("internal server error")))
+
+            self._gate.review(plain, authorization or b"", client, proceed)
+
+    def _route(
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes,
+        header_length: int | None,
+        client: Client,
+    ) -> None:
         plane = self._plane
         try:
             if b"%" in path:
@@ -313,6 +353,7 @@ class Connection(asyncio.Protocol):
         self._held = 0  # body bytes of the message being read, counted in the worker's admission
         self._request_id: bytes | None = None
         self._inference_header: bytes | None = None
+        self._authorization: bytes | None = None
         self._expect_continue = False
         self._rejected: RequestError | None = None
         self._discarding = False
@@ -401,6 +442,7 @@ class Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._request_id = None
         self._inference_header = None
+        self._authorization = None
         self._expect_continue = False
         self._rejected = None
         self._discarding = False
@@ -423,6 +465,8 @@ class Connection(asyncio.Protocol):
                 )
         elif size == 31 and name.lower() == b"inference-header-content-length":
             self._inference_header = value
+        elif size == 13 and name.lower() == b"authorization":
+            self._authorization = value
         elif size == 6 and name.lower() == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
 
@@ -516,7 +560,9 @@ class Connection(asyncio.Protocol):
                 return
             header_length = int(self._inference_header)
         try:
-            self._router.dispatch(method, path, body, header_length, exchange)
+            self._router.dispatch(
+                method, path, body, header_length, exchange, authorization=self._authorization
+            )
         except Exception:
             # A bug must cost one request, not the connection: answer 500 and go on.
             log.exception("request failed", extra={"request_id": _text(exchange.request_id)})

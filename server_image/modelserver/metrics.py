@@ -121,6 +121,14 @@ class Metrics:
             multiprocess_mode="max",
             registry=registry,
         )
+        # Access (issue 13): the token reviews a worker asked the API server for (cache misses).
+        self.reviews = Counter(
+            "modelserver_auth_reviews",
+            "Token reviews sent to the Kubernetes API server, by outcome "
+            "(allowed, denied, unauthenticated, error).",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, _Pending] = {}
         self._batch_size = _Pending(_BATCH_BUCKETS)
@@ -146,6 +154,10 @@ class Metrics:
         if pending is None:
             pending = self._latency[protocol] = _Pending(_LATENCY_BUCKETS)
         pending.add(seconds)
+
+    def observe_review(self, outcome: str) -> None:
+        """Counts one token review (rare: only cache misses reach the API server)."""
+        self.reviews.labels(self._model, outcome).inc()
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         """Records one predict call."""

@@ -20,15 +20,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelserver import termination
+from modelserver import ratelimit, termination
 from modelserver.config import ServeConfig
 from modelserver.probes import HealthListener
 from modelserver.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
-# worker.run: (config, worker index, shared readiness) -> exit code
-WorkerMain = Callable[[ServeConfig, int, Readiness], int]
+# worker.run: (config, worker index, shared readiness, the pod's rate limiter) -> exit code
+WorkerMain = Callable[[ServeConfig, int, Readiness, ratelimit.RateLimiter | None], int]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -84,8 +84,10 @@ def _import_worker(config: ServeConfig) -> WorkerMain:
     return worker.run
 
 
-def _run_worker(config: ServeConfig, index: int, readiness: Readiness) -> int:
-    return _import_worker(config)(config, index, readiness)
+def _run_worker(
+    config: ServeConfig, index: int, readiness: Readiness, limiter: ratelimit.RateLimiter | None
+) -> int:
+    return _import_worker(config)(config, index, readiness, limiter)
 
 
 def shutdown_budget(config: ServeConfig) -> float:
@@ -130,6 +132,13 @@ class _Supervisor:
         self._run_worker = run_worker
         self._metrics_dir = metrics_dir
         self._readiness = Readiness(config.workers)
+        access = config.access
+        # Shared by the workers (forked below): the limit is the pod's, whatever worker answers.
+        self._limiter = (
+            ratelimit.RateLimiter(access.rate_limit_rps, access.rate_limit_burst)
+            if access.rate_limit_rps > 0
+            else None
+        )
         self._children: dict[int, int] = {}  # pid -> worker index
         self._restarts: list[float] = []
         self._stopping = False
@@ -193,7 +202,7 @@ class _Supervisor:
                 if self._health is not None:
                     self._health.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
-                code = self._run_worker(self._config, index, self._readiness)
+                code = self._run_worker(self._config, index, self._readiness, self._limiter)
             except BaseException:
                 log.exception("worker crashed", extra={"worker": index})
             finally:

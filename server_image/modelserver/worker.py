@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,18 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import drift, loader, payloadlog, runtime, termination
+from modelserver import (
+    access,
+    auth,
+    drift,
+    kubeapi,
+    loader,
+    payloadlog,
+    ratelimit,
+    runtime,
+    termination,
+    tls,
+)
 from modelserver.admission import Admission
 from modelserver.config import ServeConfig
 from modelserver.dataplane import DataPlane
@@ -57,7 +69,12 @@ def listening_socket(host: str, port: int, *, shared: bool) -> socket.socket:
     return sock
 
 
-def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
+def run(
+    config: ServeConfig,
+    index: int,
+    readiness: Readiness,
+    limiter: ratelimit.RateLimiter | None = None,
+) -> int:
     """Runs one worker until it has drained; returns the process exit code."""
     # Models fitted on DataFrames warn on every array input; the server always sends arrays.
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
@@ -65,8 +82,8 @@ def run(config: ServeConfig, index: int, readiness: Readiness) -> int:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, the standard loop works too.
     except ImportError:
-        return asyncio.run(_serve(config, index, readiness))
-    return uvloop.run(_serve(config, index, readiness))
+        return asyncio.run(_serve(config, index, readiness, limiter))
+    return uvloop.run(_serve(config, index, readiness, limiter))
 
 
 # glibc mallopt parameters
@@ -92,7 +109,10 @@ def _tune_allocator() -> None:
 
 
 def _build(
-    config: ServeConfig, loop: asyncio.AbstractEventLoop, readiness: Readiness
+    config: ServeConfig,
+    loop: asyncio.AbstractEventLoop,
+    readiness: Readiness,
+    limiter: ratelimit.RateLimiter | None,
 ) -> tuple[Metrics, DataPlane, HttpServer]:
     """The worker's parts, each knowing only the ones below it: HTTP -> data plane -> metrics."""
     metrics = Metrics(config.model_name)
@@ -115,7 +135,7 @@ def _build(
     )
     http = HttpServer(
         loop,
-        Router(plane),
+        Router(plane, _gate(config, loop, plane, metrics, limiter)),
         max_body_bytes=config.max_body_bytes,
         keepalive_timeout=config.keepalive_timeout_seconds,
         write_timeout=config.write_timeout_seconds,
@@ -125,9 +145,53 @@ def _build(
     return metrics, plane, http
 
 
-async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
+def _gate(
+    config: ServeConfig,
+    loop: asyncio.AbstractEventLoop,
+    plane: DataPlane,
+    metrics: Metrics,
+    limiter: ratelimit.RateLimiter | None,
+) -> access.Gate | None:
+    """The rate limit and the token check, when configured (cli.preflight checked the API)."""
+    settings = config.access
+    authorizer = None
+    if settings.auth == "kubernetes":
+        namespace = settings.auth_namespace or kubeapi.in_cluster_namespace() or ""
+        attributes = kubeapi.ResourceAttributes(
+            namespace=namespace, name=settings.auth_name or config.model_name
+        )
+        reviewer = auth.Reviewer(kubeapi.discover(os.environ), attributes)
+        authorizer = auth.Authorizer(
+            loop,
+            reviewer,
+            allow_ttl=settings.auth_allow_ttl_seconds,
+            deny_ttl=settings.auth_deny_ttl_seconds,
+            max_entries=settings.auth_cache_size,
+            observe=metrics.observe_review,
+        )
+    if limiter is None and authorizer is None:
+        return None
+    return access.Gate(plane, limiter=limiter, authorizer=authorizer)
+
+
+def _certificate(
+    config: ServeConfig, loop: asyncio.AbstractEventLoop
+) -> tls.ReloadingCertificate | None:
+    """The HTTPS certificate, checked for a newer one every few seconds while the worker runs."""
+    settings = config.access
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    certificate = tls.ReloadingCertificate(settings.tls_cert_file, settings.tls_key_file)
+    _Every(loop, tls.CHECK_INTERVAL_SECONDS, certificate.check)
+    return certificate
+
+
+async def _serve(
+    config: ServeConfig, index: int, readiness: Readiness, limiter: ratelimit.RateLimiter | None
+) -> int:
     loop = asyncio.get_running_loop()
-    metrics, plane, http = _build(config, loop, readiness)
+    metrics, plane, http = _build(config, loop, readiness, limiter)
+    certificate = _certificate(config, loop)
     try:
         sock = listening_socket(config.host, config.port, shared=config.workers > 1)
     except OSError as error:
@@ -138,7 +202,11 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
     # Nothing serves yet (the server starts): listen at once, answering probes while loading.
     listen_first = not readiness.ready
     server = await loop.create_server(
-        http.new_connection, sock=sock, backlog=2048, start_serving=listen_first
+        http.new_connection,
+        sock=sock,
+        backlog=2048,
+        start_serving=listen_first,
+        ssl=None if certificate is None else certificate.context,
     )
     if listen_first:
         readiness.mark_listening(index)
@@ -164,12 +232,7 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
         try:
             model, reference, redact = loading.result()
         except Exception as error:
-            detail = (
-                str(error)
-                if isinstance(error, ModelLoadError | drift.ProfileError)
-                else repr(error)
-            )
-            reason = f"model load failed: {detail}"
+            reason = f"model load failed: {_load_failure(error)}"
             log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
             termination.write_reason(reason, config.termination_log)
             server.close()
@@ -191,6 +254,11 @@ async def _serve(config: ServeConfig, index: int, readiness: Readiness) -> int:
         log.info("stopped before the model was loaded", extra={"worker": index})
     log.info("stopped", extra={"worker": index, "clean": clean})
     return EXIT_OK
+
+
+def _load_failure(error: Exception) -> str:
+    """A load failure's one-line reason: ours say what to change; others show their type."""
+    return str(error) if isinstance(error, ModelLoadError | drift.ProfileError) else repr(error)
 
 
 def _load(
@@ -267,7 +335,7 @@ class _Every:
     """Calls `action` every `seconds` on the loop until cancelled."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, action: Callable[[], None]
+        self, loop: asyncio.AbstractEventLoop, seconds: float, action: Callable[[], object]
     ) -> None:
         self._loop = loop
         self._seconds = seconds

@@ -90,9 +90,10 @@ def ensure_operator_namespace(cluster: localcluster.Cluster) -> None:
 
 
 def write_operator_kubeconfig(cluster: localcluster.Cluster, path: Path) -> Path:
-    """Install manifests/base/rbac.yaml; write a kubeconfig holding a token of the operator's SA."""
+    """Install manifests/base/rbac*.yaml; write a kubeconfig with a token of the operator's SA."""
     ensure_operator_namespace(cluster)
     apply_yaml(cluster, (ROOT / "manifests" / "base" / "rbac.yaml").read_text())
+    apply_yaml(cluster, (ROOT / "manifests" / "base" / "rbac-auth.yaml").read_text())
     return write_token_kubeconfig(cluster, OPERATOR_SA, path)
 
 

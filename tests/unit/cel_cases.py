@@ -97,6 +97,24 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "ipBlock cannot be combined with podSelector or namespaceSelector",
     ),
     (
+        "metrics-peers-without-policy",
+        "ok",
+        {
+            "model": M,
+            "networkPolicy": {
+                "enabled": False,
+                "allowMetricsFrom": [{"namespaceSelector": {}}],
+            },
+        },
+        "allowMetricsFrom needs the NetworkPolicy",
+    ),
+    (
+        "rate-limit-zero",
+        "ok",
+        {"model": M, "server": {"rateLimit": {"requestsPerSecond": 0}}},
+        "requestsPerSecond must be at least 0.01",
+    ),
+    (
         "replicas-autoscaling",
         "ok",
         {"model": M, "replicas": 2, "autoscaling": {"maxReplicas": 3}},

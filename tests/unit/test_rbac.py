@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from modeldeploy import api, render
+from modeldeploy import access, api, render
 from modeldeploy.settings import Settings
 
 from .conftest import ROOT, make_body
@@ -39,7 +39,13 @@ def used() -> dict[tuple[str, str], set[str]]:
     # Every kind a spec can render is read before apply to refuse a name someone else's object
     # holds (get), applied (patch, create) and watched for drift (list, watch); kinds that can
     # become unwanted are read, then deleted.
-    everything = api.parse_spec({"model": {"uri": "file:///m"}, "autoscaling": {"maxReplicas": 3}})
+    everything = api.parse_spec(
+        {
+            "model": {"uri": "file:///m"},
+            "autoscaling": {"maxReplicas": 3},
+            "auth": {"mode": "Kubernetes"},
+        }
+    )
     nothing = api.parse_spec({"model": {"uri": "file:///m"}, "networkPolicy": {"enabled": False}})
     for spec in (everything, nothing):
         children = render.render_children(render.Owner.from_body(make_body({})), spec, _settings())
@@ -114,4 +120,47 @@ def test_the_namespaced_install_grants_the_same_rules_in_each_watched_namespace_
     overlay = (ROOT / "manifests" / "namespaced" / "kustomization.yaml").read_text()
     assert "kind: ClusterRole\n" in overlay
     assert "kind: ClusterRoleBinding" in overlay
-    assert overlay.count("$patch: delete") == 2
+    assert overlay.count("$patch: delete") == 5  # also rbac-auth.yaml's three objects
+
+
+def _auth_docs() -> dict[str, dict[str, object]]:
+    docs = yaml.safe_load_all(Path(ROOT / "manifests" / "base" / "rbac-auth.yaml").read_text())
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def test_model_pods_may_only_review_tokens_and_access() -> None:
+    role = _auth_docs()[f"ClusterRole/{access.TOKEN_REVIEWER_ROLE}"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    binding = render.render_reviewer_binding(render.Owner.from_body(make_body({})))
+    assert binding["roleRef"]["name"] == access.TOKEN_REVIEWER_ROLE
+    (subject,) = binding["subjects"]
+    assert subject["kind"] == "ServiceAccount"
+
+
+def test_operator_may_bind_the_reviewer_role_and_nothing_else() -> None:
+    docs = _auth_docs()
+    rules = docs["ClusterRole/modeldeploy-operator-auth"]["rules"]
+    assert isinstance(rules, list)
+    by_resource = {rule["resources"][0]: rule for rule in rules}
+    assert set(by_resource) == {"clusterrolebindings", "clusterroles"}
+    # Server-side apply (patch, create when absent) and delete when auth is turned off.
+    assert by_resource["clusterrolebindings"]["verbs"] == ["create", "patch", "delete"]
+    assert by_resource["clusterroles"]["verbs"] == ["bind"]
+    assert by_resource["clusterroles"]["resourceNames"] == [access.TOKEN_REVIEWER_ROLE]
+    binding = docs["ClusterRoleBinding/modeldeploy-operator-auth"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "modeldeploy-operator-auth",
+    }

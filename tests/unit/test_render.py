@@ -91,6 +91,7 @@ def test_fixed_replicas_default_to_one_and_need_no_pdb_or_hpa(settings: Settings
     assert {kind.kind for kind in rendered.unwanted} == {
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "ServiceAccount",
     }
     assert rendered.wanted[0]["spec"]["replicas"] == 1
 
