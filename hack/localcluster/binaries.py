@@ -139,6 +139,7 @@ _SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
         _kube_router_stamp,
     ),
     "coredns": ("github.com/coredns/coredns", versions.COREDNS_VERSION, _coredns_stamp),
+    "prometheus": ("github.com/prometheus/prometheus", versions.PROMETHEUS_VERSION, _no_stamp),
 }
 
 
@@ -157,6 +158,8 @@ def all_binaries() -> list[Binary]:
         *_binaries("etcd", versions.ETCD_COMMANDS),
         *_binaries("kubernetes", versions.KUBERNETES_COMMANDS),
         *_binaries("kwok", versions.KWOK_COMMANDS),
+        # promtool: `make test` checks manifests/monitoring/ rules with it.
+        *_binaries("prometheus", versions.PROMETHEUS_COMMANDS),
     ]
 
 

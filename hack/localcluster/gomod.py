@@ -179,6 +179,16 @@ def kube_router_gomod(version: str = versions.KUBE_ROUTER_VERSION) -> str:
     )
 
 
+def prometheus_gomod(version: str = versions.PROMETHEUS_VERSION) -> str:
+    """Prometheus' own requirements, verbatim (as kube_router_gomod, for the same reason)."""
+    module = "github.com/prometheus/prometheus"
+    return _gomod_text(
+        "prometheus",
+        require={module: version, **upstream_requires(download_gomod(module, version))},
+        tools=list(versions.PROMETHEUS_COMMANDS.values()),
+    )
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "kubernetes": kubernetes_gomod,
     "etcd": etcd_gomod,
@@ -187,9 +197,13 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "cri-tools": cri_tools_gomod,
     "kube-router": kube_router_gomod,
     "coredns": coredns_gomod,
+    "prometheus": prometheus_gomod,
 }
 #: Wrappers whose go.sum is filled without ``go mod tidy`` (see kube_router_gomod).
-_NO_TIDY = {"kube-router": list(versions.KUBE_ROUTER_COMMANDS.values())}
+_NO_TIDY = {
+    "kube-router": list(versions.KUBE_ROUTER_COMMANDS.values()),
+    "prometheus": list(versions.PROMETHEUS_COMMANDS.values()),
+}
 
 
 def generate(repo: Path, *, tidy: bool = True, only: Iterable[str] | None = None) -> list[Path]:

@@ -17,6 +17,9 @@ CRI_TOOLS_VERSION: Final = "v1.34.0"
 KUBE_ROUTER_VERSION: Final = "v2.1.0"
 #: What kubeadm v1.34 deploys (cmd/kubeadm/app/constants: CoreDNSVersion).
 COREDNS_VERSION: Final = "v1.12.1"
+#: The Prometheus Go module (Prometheus 3.x is tagged v0.3xx.y for Go): promtool checks and
+#: unit-tests the alerting rules in manifests/monitoring/.
+PROMETHEUS_VERSION: Final = "v0.316.0"
 
 #: Binary name -> Go main package. Order matters: it is the build order.
 KUBERNETES_COMMANDS: Final = {
@@ -46,6 +49,7 @@ KUBE_ROUTER_COMMANDS: Final = {
 METRICS_SERVER_COMMANDS: Final = {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"}
 #: Cluster DNS (real node only); the module root is CoreDNS's main package, all plugins in.
 COREDNS_COMMANDS: Final = {"coredns": "github.com/coredns/coredns"}
+PROMETHEUS_COMMANDS: Final = {"promtool": "github.com/prometheus/prometheus/cmd/promtool"}
 
 
 def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:

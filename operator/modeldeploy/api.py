@@ -735,6 +735,7 @@ class ConditionType(StrEnum):
     STALLED = "Stalled"
     AVAILABLE = "Available"
     MODEL_VERIFIED = "ModelVerified"
+    MODEL_DRIFT = "ModelDrift"
 
 
 class Reason(StrEnum):
@@ -773,6 +774,9 @@ class Reason(StrEnum):
     # Canary (Ready / Reconciling / Stalled)
     CANARY_PROGRESSING = "CanaryProgressing"
     CANARY_ROLLED_BACK = "CanaryRolledBack"
+    # ModelDrift
+    DRIFT_DETECTED = "DriftDetected"
+    NO_DRIFT = "NoDrift"
 
 
 class Phase(StrEnum):

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import access, api, canary, metrics, render, scrape, status
+from modeldeploy import access, api, canary, drift, metrics, render, scrape, status
 from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
@@ -211,6 +211,8 @@ class Reconciler:
         # Why the last apply of a resource's children failed, until one succeeds: status-only
         # passes must not report Ready while a child could not be written.
         self._apply_failures: dict[str, status.ApplyFailure] = {}
+        # Since when the pods' PSI figures disagree with ModelDrift (monotonic seconds).
+        self._drift_since: dict[str, float] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
@@ -231,6 +233,7 @@ class Reconciler:
                 del self._applied[key]
             self._written.pop(uid, None)
             self._apply_failures.pop(uid, None)
+            self._drift_since.pop(uid, None)
             known = self._phases.pop(uid, None) is not None
         if known:
             self._update_phase_gauge()
@@ -351,6 +354,7 @@ class Reconciler:
             pods = self.kube.list_pods(namespace, render.selector_string(owner))
             pod_failure = status.summarize_pod_failure(pods)
 
+        drift_condition = None if spec is None else self._drift(spec, owner, previous)
         observed = status.Observed(
             generation=int(meta.get("generation") or 0),
             spec=spec,
@@ -365,7 +369,12 @@ class Reconciler:
             canary=None
             if move is None
             else status.CanaryView(move.status, move.conditions, stalled=move.stalled),
+            drift=drift_condition,
         )
+        if drift_condition is not None:
+            outcome.requeue_after = min(
+                outcome.requeue_after or drift.CHECK_SECONDS, drift.CHECK_SECONDS
+            )
         new_status, transitions = status.compute_status(observed, previous, self.clock())
         outcome.phase = new_status["phase"]
         if status.status_differs(previous, new_status):
@@ -446,19 +455,7 @@ class Reconciler:
     def _readings(self, owner: render.Owner) -> dict[str, scrape.Counters]:
         """Both versions' counters, summed over their ready pods (pods that cannot be read
         count as silent: the gates need ``minRequests`` before they judge)."""
-        pods = self.kube.list_pods(owner.namespace, render.selector_string(owner), limit=500)
-        targets: list[tuple[str, str]] = []
-        for pod in pods:
-            st = pod.get("status") or {}
-            ready = any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in st.get("conditions") or []
-            )
-            if ready and st.get("podIP"):
-                track = ((pod.get("metadata") or {}).get("labels") or {}).get(
-                    canary.TRACK_LABEL, canary.STABLE
-                )
-                targets.append((track, f"http://{st['podIP']}:{render.HEALTH_PORT}/metrics"))
+        targets = self._metrics_targets(owner)
 
         def read(target: tuple[str, str]) -> tuple[str, scrape.Counters]:
             track, url = target
@@ -473,6 +470,57 @@ class Reconciler:
             track: scrape.total(counters for t, counters in found if t == track)
             for track in (canary.STABLE, canary.CANARY)
         }
+
+    # --- drift -----------------------------------------------------------------------------
+
+    def _drift(
+        self, spec: api.ModelDeploymentSpec, owner: render.Owner, previous: Obj
+    ) -> drift.Wanted | None:
+        """ModelDrift from the ready pods' PSI figures (None without a reference profile)."""
+        monitoring = spec.monitoring
+        if monitoring is None or monitoring.reference is None:
+            self._drift_since.pop(owner.uid, None)
+            return None
+
+        def read(target: tuple[str, str]) -> dict[str, float] | None:
+            try:
+                return scrape.drift_figures(scrape.fetch(target[1]))
+            except (OSError, ValueError) as error:
+                logger.info("cannot read %s for drift: %s", target[1], error)
+                return None
+
+        readings = [r for r in self._io.map(read, self._metrics_targets(owner)) if r is not None]
+        verdict = drift.decide(
+            scrape.worst(readings) if readings else None,
+            monitoring.drift_threshold,
+            status.previous_condition(
+                previous.get("conditions") or [], api.ConditionType.MODEL_DRIFT
+            ),
+            self._drift_since.get(owner.uid),
+            now=time.monotonic(),
+        )
+        if verdict.pending_since is None:
+            self._drift_since.pop(owner.uid, None)
+        else:
+            self._drift_since[owner.uid] = verdict.pending_since
+        return verdict.condition
+
+    def _metrics_targets(self, owner: render.Owner) -> list[tuple[str, str]]:
+        """(track, metrics URL) of every ready pod of the resource."""
+        pods = self.kube.list_pods(owner.namespace, render.selector_string(owner), limit=500)
+        targets: list[tuple[str, str]] = []
+        for pod in pods:
+            st = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in st.get("conditions") or []
+            )
+            if ready and st.get("podIP"):
+                track = ((pod.get("metadata") or {}).get("labels") or {}).get(
+                    canary.TRACK_LABEL, canary.STABLE
+                )
+                targets.append((track, f"http://{st['podIP']}:{render.HEALTH_PORT}/metrics"))
+        return targets
 
     @staticmethod
     def _rolled_out(deployment: Obj) -> bool:

@@ -435,9 +435,9 @@ def render_deployment(
     }
     if placement.fetch:
         pod_spec["initContainers"] = [_fetch_container(image, spec.model)]
-    access.secure_pod(pod_spec, server, spec, owner.name, owner.namespace)
     if spec.monitoring is not None:
         _add_monitoring(pod_spec, server, image, spec.monitoring)
+    access.secure_pod(pod_spec, server, spec, owner.name, owner.namespace)
 
     deployment_spec: Obj = {
         "selector": {"matchLabels": selector_labels(owner)},

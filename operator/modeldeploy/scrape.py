@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 Counters = dict[str, float]
 
@@ -33,15 +33,12 @@ def _unescape(value: str) -> str:
     return value.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\")
 
 
-def counters(text: str) -> Counters:
-    """The analysis' counters from one Prometheus text exposition (unknown series ignored)."""
-    out: Counters = {}
-
-    def add(key: str, value: float) -> None:
-        out[key] = out.get(key, 0.0) + value
-
+def _samples(
+    text: str, prefix: str | tuple[str, ...]
+) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of each finite sample whose name starts with ``prefix``."""
     for line in text.splitlines():
-        if not line.startswith("modelserver_"):
+        if not line.startswith(prefix):
             continue
         match = _SAMPLE.match(line)
         if match is None:
@@ -51,9 +48,18 @@ def counters(text: str) -> Counters:
             value = float(raw_value)
         except ValueError:
             continue
-        if not math.isfinite(value):
-            continue
-        labels = {k: _unescape(v) for k, v in _LABEL.findall(raw_labels or "")}
+        if math.isfinite(value):
+            yield name, {k: _unescape(v) for k, v in _LABEL.findall(raw_labels or "")}, value
+
+
+def counters(text: str) -> Counters:
+    """The analysis' counters from one Prometheus text exposition (unknown series ignored)."""
+    out: Counters = {}
+
+    def add(key: str, value: float) -> None:
+        out[key] = out.get(key, 0.0) + value
+
+    for name, labels, value in _samples(text, "modelserver_"):
         if name == "modelserver_requests_total":
             add(REQUESTS, value)
             if labels.get("status", "").startswith("5"):
@@ -64,6 +70,28 @@ def counters(text: str) -> Counters:
             add(CLASS + labels.get("class", ""), value)
         elif name == "modelserver_prediction_value_bucket":
             add(VALUE + labels.get("le", "+Inf"), value)
+    return out
+
+
+def drift_figures(text: str) -> dict[str, float]:
+    """The PSI figures of one pod: ``feature <name>`` and ``predictions`` (see drift.py)."""
+    out: dict[str, float] = {}
+    for name, labels, value in _samples(
+        text, ("modelserver_feature_psi", "modelserver_prediction_psi")
+    ):
+        if name == "modelserver_feature_psi":
+            out["feature " + labels.get("feature", "")] = value
+        elif name == "modelserver_prediction_psi":
+            out["predictions"] = value
+    return out
+
+
+def worst(readings: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Several pods' figures, the highest of each."""
+    out: dict[str, float] = {}
+    for reading in readings:
+        for key, value in reading.items():
+            out[key] = max(out.get(key, value), value)
     return out
 
 

@@ -72,6 +72,7 @@ class Observed:
     url: str
     apply_failure: ApplyFailure | None = None
     canary: CanaryView | None = None
+    drift: tuple[str, Reason, str] | None = None  # ModelDrift, with a reference profile only
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,8 @@ def _meaningful(type_: str, status: str, old: Mapping[str, Any] | None) -> bool:
         return status == "True" or old is not None
     if type_ == MODEL_VERIFIED:
         return status == "False" and old is not None
+    if type_ == ConditionType.MODEL_DRIFT:
+        return status == "True" or old is not None
     return False
 
 
@@ -383,6 +386,11 @@ def _previous(conditions: Sequence[Mapping[str, Any]], type_: str) -> Wanted | N
     return None
 
 
+def previous_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Wanted | None:
+    """A condition of the current status as (status, reason, message), if it is there."""
+    return _previous(conditions, type_)
+
+
 def compute_status(
     observed: Observed, previous: Mapping[str, Any] | None, now: str
 ) -> tuple[Obj, list[Transition]]:
@@ -411,6 +419,8 @@ def compute_status(
             observed, verdict.phase, _previous(old_conditions, MODEL_VERIFIED)
         ),
     }
+    if observed.drift is not None:
+        wanted[ConditionType.MODEL_DRIFT] = observed.drift
     conditions, transitions = merge_conditions(old_conditions, wanted, observed.generation, now)
 
     served: api.ServedModel | None = None

@@ -324,8 +324,13 @@ class DriftMonitor:
             rest = x[:, n:]
             self._out_of_range[n] += int(((rest < self._rest_low) | (rest > self._rest_high)).sum())
             self._missing[n] += int(np.isnan(rest).sum())
+        by_method: dict[str, list[np.ndarray]] = {}
         for method, _, result in kept:
-            self._bin_predictions(method, result)
+            by_method.setdefault(method, []).append(result)
+        for method, results in by_method.items():  # one binning per method, not per call
+            self._bin_predictions(
+                method, np.concatenate(results) if len(results) > 1 else results[0]
+            )
 
     def _bin_predictions(self, method: str, result: np.ndarray) -> None:
         classes = self._classes

@@ -52,6 +52,7 @@ def observe(
         selector="app.kubernetes.io/instance=iris,app.kubernetes.io/name=modelserver",
         url="http://iris.models.svc.cluster.local",
         canary=kw.pop("canary", None),
+        drift=kw.pop("drift", None),
     )
 
 
@@ -392,6 +393,13 @@ def _every_scenario() -> list[dict[str, Any]]:
             canary=status.CanaryView(
                 None, ("False", api.Reason.CANARY_ROLLED_BACK, "error rate"), stalled=True
             ),
+        ),
+        *(
+            observe(deployment(), drift=drift)
+            for drift in (
+                ("True", api.Reason.DRIFT_DETECTED, "PSI above 0.2 for 300 s: feature age (0.4)"),
+                ("False", api.Reason.NO_DRIFT, "no feature or prediction PSI above 0.2"),
+            )
         ),
     ]
     refused = [

@@ -1,0 +1,71 @@
+"""The ModelDrift condition, decided from the pods' PSI figures (pure: no I/O, no clock of its own).
+
+The servers export `modelserver_feature_psi{feature}` and `modelserver_prediction_psi` against the
+reference profile (see the server's drift.py); `scrape.drift_figures` reads them, the worst pod's
+figure counting. ModelDrift turns True once some figure has stayed above `driftThreshold` for
+`SUSTAIN_SECONDS`, and False once every figure has stayed at or under it as long. The condition's
+message is written on the transition and kept until the next one, so that the status (and the
+Event the transition makes) changes only when the verdict does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from modeldeploy import api
+
+SUSTAIN_SECONDS = 300.0
+CHECK_SECONDS = 60.0  # how often a resource with a reference profile is looked at
+PREDICTION = "predictions"
+FEATURE = "feature "
+
+Wanted = tuple[str, api.Reason, str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The condition to write and, while the figures disagree with it, since when."""
+
+    condition: Wanted
+    pending_since: float | None
+
+
+def above(figures: Mapping[str, float], threshold: float) -> list[str]:
+    """What drifts, worst first: `feature <name> (PSI)` and `predictions (PSI)`."""
+    worst = sorted(
+        ((value, key) for key, value in figures.items() if value > threshold), reverse=True
+    )
+    return [f"{key} ({value:.2f})" for value, key in worst]
+
+
+def decide(
+    figures: Mapping[str, float] | None,
+    threshold: float,
+    previous: Wanted | None,
+    pending_since: float | None,
+    *,
+    now: float,
+    sustain: float = SUSTAIN_SECONDS,
+) -> Verdict:
+    """The ModelDrift condition after a look at the figures (None: no pod could be read)."""
+    current = previous or (
+        "False",
+        api.Reason.NO_DRIFT,
+        f"no feature or prediction PSI above {threshold}",
+    )
+    if figures is None:
+        return Verdict(current, pending_since)
+    drifting = above(figures, threshold)
+    if bool(drifting) == (current[0] == "True"):
+        return Verdict(current, None)
+    since = now if pending_since is None else pending_since
+    if now - since < sustain:
+        return Verdict(current, since)
+    if drifting:
+        message = f"PSI above {threshold} for {sustain:.0f} s: {', '.join(drifting[:10])}" + (
+            f" and {len(drifting) - 10} more" if len(drifting) > 10 else ""
+        )
+        return Verdict(("True", api.Reason.DRIFT_DETECTED, message), None)
+    message = f"every feature and prediction PSI back at or under {threshold} for {sustain:.0f} s"
+    return Verdict(("False", api.Reason.NO_DRIFT, message), None)
