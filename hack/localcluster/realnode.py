@@ -57,6 +57,8 @@ class NodeComponent:
     after: Callable[[Start], None] = lambda _: None
     #: Logged before it starts.
     says: Callable[[], str] | None = None
+    #: Its client certificate's (CN, O), and a kubeconfig with it (None: no API access).
+    client: tuple[str, str | None] | None = None
     #: Stopped after every pod is removed through it (containerd).
     stop_last: bool = False
 
@@ -147,6 +149,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
         "kubelet",
         lambda s: nc.kubelet_cmd(_bin(s, "kubelet"), s.node_layout),
         files=_kubelet_files,
+        # The Node authorizer and NodeRestriction admit exactly this identity for the node.
+        client=(f"system:node:{nc.NODE_NAME}", "system:nodes"),
         ready=lambda s: [
             ("kubelet /healthz", _probe(s.node_ports.kubelet_healthz)),
             (f"node {nc.NODE_NAME} Ready", lambda: _node_ready(s.api)),
@@ -161,6 +165,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
             s.node_layout.proxy_config: _json(nc.proxy_config(s.node_layout, s.node_ports))
         },
         ready=lambda s: [("kube-proxy /healthz", _probe(s.node_ports.proxy_healthz))],
+        # Bound to the system:node-proxier ClusterRole by the default RBAC policy.
+        client=("system:kube-proxy", None),
         says=lambda: (
             "starting kube-proxy (iptables mode), kube-router (NetworkPolicy), metrics-server"
         ),
@@ -172,6 +178,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
             _bin(s, "kube-router"), s.node_layout, components.SERVICE_CIDR
         ),
         ready=lambda _: [("kube-router's policy chains", host.firewall_ready)],
+        # Like kwok's, a harness component: it watches pods, namespaces and NetworkPolicies.
+        client=("system:kube-router", "system:masters"),
     ),
     NodeComponent(
         "metrics-server",
@@ -181,6 +189,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
         ),
         objects=lambda s: nc.metrics_api_objects(s.node_ports.metrics_server),
         ready=lambda s: [("metrics API Available", lambda: _metrics_api_available(s.api))],
+        # Reads node metrics and serves the metrics API.
+        client=("system:metrics-server", "system:masters"),
     ),
     NodeComponent(
         "coredns",
@@ -189,6 +199,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
         files=_coredns_files,
         objects=lambda s: coredns.api_objects(node_ip=nc.NODE_IP, port=s.node_ports.coredns),
         ready=lambda s: [("CoreDNS /ready", _probe(s.node_ports.coredns_ready, "/ready"))],
+        # Read-only: bound to the system:coredns ClusterRole (coredns.api_objects) alone.
+        client=(coredns.USER, None),
         says=lambda: f"starting CoreDNS {versions.COREDNS_VERSION} behind {coredns.DNS_SERVICE_IP}",
     ),
 )
@@ -196,8 +208,8 @@ COMPONENTS: tuple[NodeComponent, ...] = (
 BY_NAME = {c.name: c for c in COMPONENTS}
 #: Directories the processes expect to exist (besides the parents of their files).
 _DIRS = ("kubelet_dir", "pod_logs", "metrics_server_dir")
-#: Client identities that get a kubeconfig (certs.node_clients has their certificates).
-_KUBECONFIGS = ("kubelet", "kube-proxy", "kube-router", "metrics-server", "coredns")
+#: Client identities of the node's processes: name -> (CN, O); each gets a kubeconfig.
+CLIENTS = {c.name: c.client for c in COMPONENTS if c.client is not None}
 
 
 class RealNode:
@@ -239,8 +251,13 @@ class RealNode:
     def write_files(self, start: Start) -> None:
         """The node's certs, kubeconfigs and every file its processes read."""
         pki, nl = start.pki, start.node_layout
-        certs.generate_node(pki.dir, node_name=nc.NODE_NAME, node_ips=(nc.NODE_IP, "127.0.0.1"))
-        for who in _KUBECONFIGS:
+        certs.generate_node(
+            pki.dir,
+            node_name=nc.NODE_NAME,
+            node_ips=(nc.NODE_IP, "127.0.0.1"),
+            clients=CLIENTS,
+        )
+        for who in CLIENTS:
             kubeconfig.write_for(nl.kubeconfig(who), who, server=start.server, pki=pki, user=who)
         for name in _DIRS:
             getattr(nl, name).mkdir(parents=True, exist_ok=True)

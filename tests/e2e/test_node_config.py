@@ -10,7 +10,7 @@ import ipaddress
 import tomllib
 from pathlib import Path
 
-from localcluster import certs, components, coredns, gomod, images, nodeconfig
+from localcluster import certs, components, coredns, gomod, images, nodeconfig, realnode
 
 ROOT = Path("/srv/lc-root")  # never created: only paths are computed
 
@@ -154,7 +154,7 @@ def test_kube_dns_service_routes_to_the_coredns_process() -> None:
     assert service_ports == slice_ports == {("dns", "UDP"), ("dns-tcp", "TCP")}
     assert {p["port"] for p in slice_["ports"]} == {1053}
     binding = objects["/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"]
-    assert binding["subjects"][0]["name"] == certs.node_clients("n")["coredns"][0]
+    assert binding["subjects"][0]["name"] == realnode.CLIENTS["coredns"][0]
     role = objects["/apis/rbac.authorization.k8s.io/v1/clusterroles"]
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs == {"list", "watch"}  # read-only

@@ -147,3 +147,12 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes:
     fh = tar.extractfile(name)
     assert fh is not None
     return fh.read()
+
+
+def test_each_node_client_is_its_own_identity_and_none_is_a_node_admin_by_accident() -> None:
+    names = [cn for cn, _ in realnode.CLIENTS.values()]
+    assert len(names) == len(set(names))
+    assert realnode.CLIENTS["kubelet"] == ("system:node:localcluster-node", "system:nodes")
+    # kube-proxy and CoreDNS get their rights from RBAC, not from system:masters.
+    assert realnode.CLIENTS["kube-proxy"][1] is None
+    assert realnode.CLIENTS["coredns"][1] is None
