@@ -14,12 +14,10 @@ from localcluster.binaries import BuildError, build, cache_root
 from localcluster.cluster import (
     NODE_NAMES,
     Cluster,
-    ClusterError,
-    ComponentError,
-    KubectlError,
     default_root,
     use_existing_requested,
 )
+from localcluster.errors import ClusterError, ComponentError, KubectlError
 from localcluster.versions import ETCD_VERSION, KUBERNETES_VERSION, KWOK_VERSION
 
 __all__ = [

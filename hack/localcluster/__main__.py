@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from localcluster import binaries, gomod, images, node
+from localcluster import binaries, gomod, host, images
 from localcluster.cluster import Cluster, ClusterError, repo_root
-from localcluster.node import NodeError
+from localcluster.host import NodeError
 
 
 def _add_real_node_flag(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -42,7 +42,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_deps(_: argparse.Namespace) -> int:
-    for package in node.install_packages(binaries.stderr_log):
+    for package in host.install_packages(binaries.stderr_log):
         print(package)
     return 0
 

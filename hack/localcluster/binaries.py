@@ -123,7 +123,7 @@ def _no_stamp(_: Binary) -> Mapping[str, str]:
 
 
 #: Folder under hack/gomod/ -> the upstream module it pins, its version, its version stamp.
-_SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
+SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
     "etcd": ("go.etcd.io/etcd/server/v3", versions.ETCD_VERSION, _etcd_stamp),
     "kubernetes": ("k8s.io/kubernetes", versions.KUBERNETES_VERSION, _kubernetes_stamp),
     "kwok": ("sigs.k8s.io/kwok", versions.KWOK_VERSION, _no_stamp),
@@ -143,42 +143,75 @@ _SOURCES: dict[str, tuple[str, str, Callable[[Binary], Mapping[str, str]]]] = {
 }
 
 
-def _binaries(gomod: str, commands: Mapping[str, str]) -> list[Binary]:
-    """One Binary per command (name -> main package) of the wrapper module ``gomod``."""
-    module, version, stamp = _SOURCES[gomod]
-    return [
-        Binary(name, version, module, gomod, pkg, stamp, cgo=name in versions.CGO_COMMANDS)
-        for name, pkg in commands.items()
-    ]
+@dataclass(frozen=True)
+class Build:
+    """One row of ``BINARIES``: a binary, its wrapper module, its main package."""
+
+    name: str
+    gomod: str
+    package: str
+    #: Only ``build --real-node`` builds it (KWOK's cluster, CI's, stays a 10-minute build).
+    real_node: bool = False
+    #: The kubelet needs cgo (cadvisor, libcontainer), and so gcc.
+    cgo: bool = False
+
+
+#: Every binary the harness builds, in build order (etcd and the apiserver first); the
+#: wrapper modules' ``tool`` blocks are generated from it (gomod.py).
+BINARIES: tuple[Build, ...] = (
+    Build("etcd", "etcd", "go.etcd.io/etcd/server/v3"),  # its module root is the main package
+    Build("kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver"),
+    Build("kube-controller-manager", "kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager"),
+    Build("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
+    Build("kubectl", "kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
+    Build("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+    # promtool: `make test` checks the manifests/monitoring/ rules with it.
+    Build("promtool", "prometheus", "github.com/prometheus/prometheus/cmd/promtool"),
+    # The real node: built from the same pinned module as the control plane, one version.
+    Build("kubelet", "kubernetes", "k8s.io/kubernetes/cmd/kubelet", real_node=True, cgo=True),
+    Build("kube-proxy", "kubernetes", "k8s.io/kubernetes/cmd/kube-proxy", real_node=True),
+    # Feeds the HPA real CPU usage from the kubelet's summary API.
+    Build(
+        "metrics-server",
+        "metrics-server",
+        "sigs.k8s.io/metrics-server/cmd/metrics-server",
+        real_node=True,
+    ),
+    # ``down`` removes the pods through the CRI, so their network namespaces, mounts and IP
+    # leases go the proper way before containerd stops.
+    Build("crictl", "cri-tools", "sigs.k8s.io/cri-tools/cmd/crictl", real_node=True),
+    # Network policy controller only (iptables + ipset): it enforces NetworkPolicy on this
+    # kernel, which lacks the nft queue that kube-network-policies needs.
+    Build(
+        "kube-router",
+        "kube-router",
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+        real_node=True,
+    ),
+    # Cluster DNS; the module root is CoreDNS's main package, all its plugins in.
+    Build("coredns", "coredns", "github.com/coredns/coredns", real_node=True),
+)
+
+
+def _binary(row: Build) -> Binary:
+    module, version, stamp = SOURCES[row.gomod]
+    return Binary(row.name, version, module, row.gomod, row.package, stamp, cgo=row.cgo)
+
+
+def tools(gomod: str) -> list[str]:
+    """The main packages built from the wrapper module ``gomod`` (its ``tool`` block)."""
+    return [row.package for row in BINARIES if row.gomod == gomod]
 
 
 def all_binaries() -> list[Binary]:
     """The control plane ``build`` produces by default, in order: etcd and the apiserver first."""
-    return [
-        *_binaries("etcd", versions.ETCD_COMMANDS),
-        *_binaries("kubernetes", versions.KUBERNETES_COMMANDS),
-        *_binaries("kwok", versions.KWOK_COMMANDS),
-        # promtool: `make test` checks manifests/monitoring/ rules with it.
-        *_binaries("prometheus", versions.PROMETHEUS_COMMANDS),
-    ]
+    return [_binary(row) for row in BINARIES if not row.real_node]
 
 
 def node_binaries() -> list[Binary]:
     """What ``up --real-node`` needs on top of the control plane: kubelet, kube-proxy,
-    metrics-server, crictl, kube-router and CoreDNS.
-
-    Kept out of the default build so the KWOK-only cluster (CI's) stays a 10-minute cold build.
-    """
-    return [
-        *_binaries("kubernetes", versions.KUBERNETES_NODE_COMMANDS),
-        *_binaries("metrics-server", versions.METRICS_SERVER_COMMANDS),
-        *_binaries("cri-tools", versions.CRI_TOOLS_COMMANDS),
-        *_binaries("kube-router", versions.KUBE_ROUTER_COMMANDS),
-        *_binaries("coredns", versions.COREDNS_COMMANDS),
-    ]
-
-
-NODE_BINARY_NAMES = tuple(b.name for b in node_binaries())
+    metrics-server, crictl, kube-router and CoreDNS."""
+    return [_binary(row) for row in BINARIES if row.real_node]
 
 
 def known_binaries() -> list[Binary]:

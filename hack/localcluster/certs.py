@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,25 +257,19 @@ def generate(directory: Path, *, service_ip: str, extra_sans: tuple[str, ...] = 
     return pki
 
 
-#: Identities of the real node's processes: file stem -> (CN, O), filled in by generate_node.
-def node_clients(node_name: str) -> dict[str, tuple[str, str | None]]:
-    return {
-        # The Node authorizer and NodeRestriction admit exactly this identity for the node.
-        "kubelet": (f"system:node:{node_name}", "system:nodes"),
-        # Bound to the system:node-proxier ClusterRole by the default RBAC policy.
-        "kube-proxy": ("system:kube-proxy", None),
-        # The apiserver's identity towards kubelets (logs, exec), authorized by their webhook.
-        "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
-        # Harness components like kwok: metrics-server reads node metrics and serves the
-        # metrics API; kube-router watches pods, namespaces and NetworkPolicies.
-        "metrics-server": ("system:metrics-server", "system:masters"),
-        "kube-router": ("system:kube-router", "system:masters"),
-        # Read-only: bound to the system:coredns ClusterRole (coredns.api_objects) alone.
-        "coredns": ("system:coredns", None),
-    }
+#: The apiserver's identity towards kubelets (logs, exec), authorized by their webhook.
+APISERVER_KUBELET_CLIENT = {
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters")
+}
 
 
-def generate_node(directory: Path, *, node_name: str, node_ips: tuple[str, ...]) -> Pki:
+def generate_node(
+    directory: Path,
+    *,
+    node_name: str,
+    node_ips: tuple[str, ...],
+    clients: Mapping[str, tuple[str, str | None]],
+) -> Pki:
     """Certificates of a real node, issued by the CA ``generate`` wrote in ``directory``.
 
     The kubelet serves its API (logs, exec, the summary API metrics-server reads) with a cert
@@ -282,7 +277,7 @@ def generate_node(directory: Path, *, node_name: str, node_ips: tuple[str, ...])
     """
     pki = Pki(directory)
     ca = _Ca.load(pki.ca_cert, pki.ca_key)
-    for who, (cn, org) in node_clients(node_name).items():
+    for who, (cn, org) in {**clients, **APISERVER_KUBELET_CLIENT}.items():
         key, cert = ca.issue(cn, org, ExtendedKeyUsageOID.CLIENT_AUTH)
         _write_key(pki.client_key(who), key)
         _write_cert(pki.client_cert(who), cert)

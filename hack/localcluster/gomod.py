@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from localcluster import versions
+from localcluster import binaries, versions
 
 MODULE_PREFIX = "modeldeploy/hack/gomod"
 _STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/\1\s*$")
@@ -97,50 +97,17 @@ def kubernetes_gomod(version: str = versions.KUBERNETES_VERSION) -> str:
     return _gomod_text(
         "kubernetes",
         require={"k8s.io/kubernetes": version},
-        tools=[*versions.KUBERNETES_COMMANDS.values(), *versions.KUBERNETES_NODE_COMMANDS.values()],
+        tools=binaries.tools("kubernetes"),
         replace=dict.fromkeys(staging_modules(upstream), staging),
         godebug=godebug.group(1) if godebug else None,
     )
 
 
-def etcd_gomod(version: str = versions.ETCD_VERSION) -> str:
-    return _gomod_text(
-        "etcd",
-        require={"go.etcd.io/etcd/server/v3": version},
-        tools=list(versions.ETCD_COMMANDS.values()),
-    )
-
-
-def kwok_gomod(version: str = versions.KWOK_VERSION) -> str:
-    return _gomod_text(
-        "kwok",
-        require={"sigs.k8s.io/kwok": version},
-        tools=list(versions.KWOK_COMMANDS.values()),
-    )
-
-
-def metrics_server_gomod(version: str = versions.METRICS_SERVER_VERSION) -> str:
-    return _gomod_text(
-        "metrics-server",
-        require={"sigs.k8s.io/metrics-server": version},
-        tools=list(versions.METRICS_SERVER_COMMANDS.values()),
-    )
-
-
-def cri_tools_gomod(version: str = versions.CRI_TOOLS_VERSION) -> str:
-    return _gomod_text(
-        "cri-tools",
-        require={"sigs.k8s.io/cri-tools": version},
-        tools=list(versions.CRI_TOOLS_COMMANDS.values()),
-    )
-
-
-def coredns_gomod(version: str = versions.COREDNS_VERSION) -> str:
-    return _gomod_text(
-        "coredns",
-        require={"github.com/coredns/coredns": version},
-        tools=list(versions.COREDNS_COMMANDS.values()),
-    )
+def plain_gomod(name: str) -> str:
+    """A wrapper that requires the pinned module and lists its tools; ``go mod tidy`` does
+    the rest (etcd, kwok, metrics-server, cri-tools, coredns)."""
+    module, version, _ = binaries.SOURCES[name]
+    return _gomod_text(name, require={module: version}, tools=binaries.tools(name))
 
 
 _REQUIRE_RE = re.compile(r"^(?:require\s+|\t)([\w./~-]+)\s+(v\S+)")
@@ -175,7 +142,7 @@ def kube_router_gomod(version: str = versions.KUBE_ROUTER_VERSION) -> str:
     return _gomod_text(
         "kube-router",
         require={module: version, **upstream_requires(download_gomod(module, version))},
-        tools=list(versions.KUBE_ROUTER_COMMANDS.values()),
+        tools=binaries.tools("kube-router"),
     )
 
 
@@ -185,40 +152,33 @@ def prometheus_gomod(version: str = versions.PROMETHEUS_VERSION) -> str:
     return _gomod_text(
         "prometheus",
         require={module: version, **upstream_requires(download_gomod(module, version))},
-        tools=list(versions.PROMETHEUS_COMMANDS.values()),
+        tools=binaries.tools("prometheus"),
     )
 
 
+#: Wrappers that need more than ``plain_gomod``; every other ``binaries.SOURCES`` row gets it.
 GENERATORS: dict[str, Callable[[], str]] = {
     "kubernetes": kubernetes_gomod,
-    "etcd": etcd_gomod,
-    "kwok": kwok_gomod,
-    "metrics-server": metrics_server_gomod,
-    "cri-tools": cri_tools_gomod,
     "kube-router": kube_router_gomod,
-    "coredns": coredns_gomod,
     "prometheus": prometheus_gomod,
 }
 #: Wrappers whose go.sum is filled without ``go mod tidy`` (see kube_router_gomod).
-_NO_TIDY = {
-    "kube-router": list(versions.KUBE_ROUTER_COMMANDS.values()),
-    "prometheus": list(versions.PROMETHEUS_COMMANDS.values()),
-}
+_NO_TIDY = {"kube-router", "prometheus"}
 
 
 def generate(repo: Path, *, tidy: bool = True, only: Iterable[str] | None = None) -> list[Path]:
     """(Re)write ``hack/gomod/*/go.mod`` and run ``go mod tidy`` to fill go.sum."""
     written = []
-    names = list(only) if only is not None else list(GENERATORS)
+    names = list(only) if only is not None else list(binaries.SOURCES)
     for name in names:
-        text = GENERATORS[name]()
+        text = GENERATORS[name]() if name in GENERATORS else plain_gomod(name)
         moddir = gomod_root(repo) / name
         moddir.mkdir(parents=True, exist_ok=True)
         (moddir / "go.mod").write_text(text)
         if tidy and name in _NO_TIDY:
             (moddir / "go.sum").unlink(missing_ok=True)
             subprocess.run(
-                ["go", "list", "-mod=mod", "-deps", *_NO_TIDY[name]],
+                ["go", "list", "-mod=mod", "-deps", *binaries.tools(name)],
                 cwd=moddir,
                 check=True,
                 env=go_env(),

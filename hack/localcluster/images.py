@@ -21,18 +21,16 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
-import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from localcluster import mounts, oci
 from localcluster.binaries import BuildError, cache_root
 
 Log = Callable[[str], None]
@@ -80,10 +78,6 @@ _BASE_EXCLUDES = (
 )
 #: Bump when the recipe below changes in a way the hashed inputs do not show.
 _RECIPE = "1"
-
-_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass(frozen=True)
@@ -133,14 +127,6 @@ def _run(
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _ignored(rel: str, patterns: Sequence[str]) -> bool:
     """A .dockerignore match, for the patterns build contexts use (``**/x``, globs, dirs)."""
     for pattern in patterns:
@@ -179,7 +165,7 @@ def hash_tree(root: Path) -> str:
             if _ignored(rel, patterns):
                 continue
             h.update(f"{rel}\0{path.stat().st_mode & 0o111:o}\0".encode())
-            h.update(_sha256_file(path).encode())
+            h.update(oci.sha256_file(path).encode())
     return h.hexdigest()
 
 
@@ -211,96 +197,8 @@ def _workdir(prefix: str) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        unmount_under(tmp)
+        mounts.unmount_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points strictly below ``path`` (from /proc/self/mountinfo)."""
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    mounts = []
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            target = line.split()[4].replace("\\040", " ")
-            if target.startswith(prefix):
-                mounts.append(target)
-    return mounts
-
-
-def unmount_under(path: Path) -> list[str]:
-    """Unmount everything mounted below ``path``, deepest first (debootstrap leaves /proc)."""
-    mounts = mounts_under(path)
-    for target in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=30)
-    return mounts
-
-
-# -- OCI archives ----------------------------------------------------------------------------
-
-
-def _blob(layout: Path, data: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_oci_archive(
-    dest: Path, name: str, layer_tar: Path, image_config: Mapping[str, Any], created: str
-) -> None:
-    """Write a one-layer image as an OCI archive that ``ctr images import`` and buildah read.
-
-    ``io.containerd.image.name`` carries the full name, so containerd needs no --base-name.
-    """
-    with _workdir("oci") as tmp:
-        layout = tmp / "layout"
-        (layout / "blobs" / "sha256").mkdir(parents=True)
-        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-        diff_id = _sha256_file(layer_tar)
-        shutil.copyfile(layer_tar, layout / "blobs" / "sha256" / diff_id)
-        layer = {
-            "mediaType": _OCI_LAYER,
-            "digest": f"sha256:{diff_id}",
-            "size": layer_tar.stat().st_size,
-        }
-        config = {
-            "created": created,
-            "architecture": "amd64",
-            "os": "linux",
-            "config": dict(image_config),
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-            "history": [{"created": created, "created_by": "localcluster.images"}],
-        }
-        config_desc = {
-            "mediaType": _OCI_CONFIG,
-            **_blob(layout, json.dumps(config, sort_keys=True).encode()),
-        }
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": _OCI_MANIFEST,
-            "config": config_desc,
-            "layers": [layer],
-        }
-        manifest_desc = {
-            "mediaType": _OCI_MANIFEST,
-            **_blob(layout, json.dumps(manifest, sort_keys=True).encode()),
-            "annotations": {
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
-            },
-        }
-        index = {"schemaVersion": 2, "manifests": [manifest_desc]}
-        (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
-        tmp_dest = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        with tarfile.open(tmp_dest, "w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(layout.rglob("*")):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(layout).as_posix())
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if info.isfile():
-                    with path.open("rb") as fh:
-                        tar.addfile(info, fh)
-                else:
-                    tar.addfile(info)
-        tmp_dest.replace(dest)
 
 
 def _layer_from_dir(rootfs: Path, dest: Path, excludes: Sequence[str] = ()) -> None:
@@ -344,7 +242,7 @@ def pause_image(log: Log, *, build: bool = True) -> Image:
     """The sandbox image: one statically linked binary, nothing else."""
     source = IMAGES_SRC / "pause" / "pause.c"
     gcc = _need("gcc", "gcc libc6-dev")
-    key = _key("pause", _sha256_file(source), _tool_version([gcc, "--version"]), PAUSE_IMAGE)
+    key = _key("pause", oci.sha256_file(source), _tool_version([gcc, "--version"]), PAUSE_IMAGE)
     image = _cached("pause", PAUSE_IMAGE, key, build=build)
     if image.archive.is_file():
         return image
@@ -359,7 +257,7 @@ def pause_image(log: Log, *, build: bool = True) -> Image:
         )
         layer = tmp / "layer.tar"
         _layer_from_dir(rootfs, layer)
-        write_oci_archive(
+        oci.write_archive(
             image.archive,
             PAUSE_IMAGE,
             layer,
@@ -401,13 +299,13 @@ def base_image(log: Log, *, build: bool = True) -> Image:
             timeout=1200,
             log_path=log_path,
         )
-        unmount_under(rootfs)
+        mounts.unmount_under(rootfs)
         (rootfs / "etc" / "apt" / "sources.list").write_text(
             f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
         )
         layer = tmp / "layer.tar"
         _layer_from_dir(rootfs, layer, _BASE_EXCLUDES)
-        write_oci_archive(
+        oci.write_archive(
             image.archive,
             BASE_IMAGE,
             layer,

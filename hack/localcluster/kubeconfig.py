@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from localcluster import certs
+
 
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
@@ -50,3 +52,17 @@ preferences: {{}}
     path.write_text(text)
     path.chmod(0o600)
     return path
+
+
+def write_for(
+    path: Path, who: str, *, server: str, pki: certs.Pki, user: str | None = None
+) -> Path:
+    """A kubeconfig with the client certificate ``certs`` issued for ``who``."""
+    return write(
+        path,
+        server=server,
+        ca_cert=pki.ca_cert,
+        client_cert=pki.client_cert(who),
+        client_key=pki.client_key(who),
+        **({"user": user} if user else {}),
+    )

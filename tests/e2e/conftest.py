@@ -19,7 +19,7 @@ from kubernetes import client, config
 
 import localcluster
 from integration.operator_support import fresh_namespace
-from localcluster import binaries, images, node
+from localcluster import binaries, images, nodeconfig
 
 from .support import EXAMPLE_MODEL, Models, image_file, install_crd, operator_kubeconfig
 from .support import operator_process as _operator_process
@@ -138,4 +138,4 @@ def example_model(server_archive: Path) -> bytes:
 @pytest.fixture(scope="session")
 def node_ip() -> str:
     """Where a server the test starts is reachable from pods: the node's bridge address."""
-    return node.NODE_IP
+    return nodeconfig.NODE_IP

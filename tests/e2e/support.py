@@ -2,7 +2,7 @@
 
 Everything here talks to a cluster with a real node (``localcluster up --real-node``): pods run
 the server image, Service IPs are routed by kube-proxy, and the host reaches them through the
-node's bridge (it is itself on the pod network at ``localcluster.node.NODE_IP``).
+node's bridge (it is itself on the pod network at ``localcluster.nodeconfig.NODE_IP``).
 """
 
 from __future__ import annotations

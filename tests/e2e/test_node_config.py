@@ -10,14 +10,14 @@ import ipaddress
 import tomllib
 from pathlib import Path
 
-from localcluster import certs, components, coredns, gomod, images, node
+from localcluster import certs, components, coredns, gomod, images, nodeconfig, realnode
 
 ROOT = Path("/srv/lc-root")  # never created: only paths are computed
 
 
 def test_containerd_config_keeps_all_state_under_the_cluster_root() -> None:
-    lay = node.NodeLayout(ROOT)
-    config = tomllib.loads(node.containerd_config(lay))
+    lay = nodeconfig.NodeLayout(ROOT)
+    config = tomllib.loads(nodeconfig.containerd_config(lay))
     assert config["root"].startswith(str(ROOT))
     assert config["state"].startswith(str(ROOT))
     assert config["grpc"]["address"] == str(lay.containerd_sock)
@@ -32,21 +32,23 @@ def test_containerd_config_keeps_all_state_under_the_cluster_root() -> None:
 
 
 def test_pods_get_routes_to_pods_and_services_only() -> None:
-    config = node.cni_config(node.NodeLayout(ROOT), components.SERVICE_CIDR)
+    config = nodeconfig.cni_config(nodeconfig.NodeLayout(ROOT), components.SERVICE_CIDR)
     (bridge,) = config["plugins"]
-    assert bridge["bridge"] == node.BRIDGE
+    assert bridge["bridge"] == nodeconfig.BRIDGE
     assert bridge["ipMasq"] is False
     assert "isDefaultGateway" not in bridge
     assert bridge["ipam"]["routes"] == [{"dst": components.SERVICE_CIDR}]
-    assert bridge["ipam"]["ranges"] == [[{"subnet": node.POD_CIDR, "gateway": node.NODE_IP}]]
+    assert bridge["ipam"]["ranges"] == [
+        [{"subnet": nodeconfig.POD_CIDR, "gateway": nodeconfig.NODE_IP}]
+    ]
 
 
 def test_kubelet_config_fits_this_host() -> None:
-    ports = node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
-    config = node.kubelet_config(node.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
+    ports = nodeconfig.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
+    config = nodeconfig.kubelet_config(nodeconfig.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
     assert config["cgroupDriver"] == "cgroupfs"
     assert config["failCgroupV1"] is False
-    assert config["address"] == node.NODE_IP
+    assert config["address"] == nodeconfig.NODE_IP
     assert config["healthzBindAddress"] == "127.0.0.1"
     assert config["readOnlyPort"] == 0
     assert config["authentication"]["anonymous"]["enabled"] is False
@@ -55,15 +57,19 @@ def test_kubelet_config_fits_this_host() -> None:
 
 
 def test_kube_proxy_opens_node_ports_on_the_bridge_only() -> None:
-    config = node.proxy_config(node.NodeLayout(ROOT), node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8))
+    config = nodeconfig.proxy_config(
+        nodeconfig.NodeLayout(ROOT), nodeconfig.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
+    )
     assert config["mode"] == "iptables"
-    assert config["nodePortAddresses"] == [f"{node.NODE_IP}/32"]
+    assert config["nodePortAddresses"] == [f"{nodeconfig.NODE_IP}/32"]
     assert config["iptables"]["localhostNodePorts"] is False
     assert config["healthzBindAddress"].startswith("127.0.0.1:")
 
 
 def test_kube_router_enforces_policies_and_nothing_else() -> None:
-    argv = node.kube_router_cmd(Path("/bin/kube-router"), node.NodeLayout(ROOT), "10.0.0.0/24")
+    argv = nodeconfig.kube_router_cmd(
+        Path("/bin/kube-router"), nodeconfig.NodeLayout(ROOT), "10.0.0.0/24"
+    )
     for flag in ("--run-router=false", "--run-service-proxy=false", "--enable-cni=false"):
         assert flag in argv
     assert "--run-firewall=true" in argv
@@ -72,9 +78,9 @@ def test_kube_router_enforces_policies_and_nothing_else() -> None:
 
 
 def test_metrics_api_points_at_the_node_address() -> None:
-    objects = dict(node.metrics_api_objects(4443))
+    objects = dict(nodeconfig.metrics_api_objects(4443))
     endpoints = objects["/api/v1/namespaces/kube-system/endpoints"]
-    assert endpoints["subsets"][0]["addresses"] == [{"ip": node.NODE_IP}]
+    assert endpoints["subsets"][0]["addresses"] == [{"ip": nodeconfig.NODE_IP}]
     service = objects["/apis/apiregistration.k8s.io/v1/apiservices"]
     assert service["metadata"]["name"] == "v1beta1.metrics.k8s.io"
 
@@ -106,8 +112,8 @@ def test_upstream_requires_reads_blocks_and_single_lines() -> None:
 
 
 def test_pods_get_the_cluster_dns_service_as_nameserver() -> None:
-    ports = node.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
-    config = node.kubelet_config(node.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
+    ports = nodeconfig.NodePorts(1, 2, 3, 4, 5, 6, 7, 8)
+    config = nodeconfig.kubelet_config(nodeconfig.NodeLayout(ROOT), ports, certs.Pki(ROOT / "pki"))
     assert config["clusterDNS"] == [coredns.DNS_SERVICE_IP]
     assert config["clusterDomain"] == "cluster.local"
     assert ipaddress.ip_address(coredns.DNS_SERVICE_IP) in ipaddress.ip_network(
@@ -118,14 +124,14 @@ def test_pods_get_the_cluster_dns_service_as_nameserver() -> None:
 
 def test_corefile_serves_the_cluster_domain_on_the_node_address_only() -> None:
     text = coredns.corefile(
-        bind=node.NODE_IP,
+        bind=nodeconfig.NODE_IP,
         port=1053,
         health_port=8080,
         ready_port=8181,
         kubeconfig=ROOT / "coredns.kubeconfig",
     )
     assert text.splitlines()[1] == ".:1053 {"
-    assert f"bind {node.NODE_IP}" in text
+    assert f"bind {nodeconfig.NODE_IP}" in text
     assert "health 127.0.0.1:8080" in text
     assert "ready 127.0.0.1:8181" in text
     assert f"kubeconfig {ROOT / 'coredns.kubeconfig'} coredns@localcluster" in text
@@ -135,20 +141,20 @@ def test_corefile_serves_the_cluster_domain_on_the_node_address_only() -> None:
 
 
 def test_kube_dns_service_routes_to_the_coredns_process() -> None:
-    objects = dict(coredns.api_objects(node_ip=node.NODE_IP, port=1053))
+    objects = dict(coredns.api_objects(node_ip=nodeconfig.NODE_IP, port=1053))
     service = objects["/api/v1/namespaces/kube-system/services"]
     assert service["spec"]["clusterIP"] == coredns.DNS_SERVICE_IP
     assert "selector" not in service["spec"]  # the EndpointSlice below is its only endpoint
     slice_ = objects["/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices"]
     assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "kube-dns"
-    assert slice_["endpoints"][0]["addresses"] == [node.NODE_IP]
+    assert slice_["endpoints"][0]["addresses"] == [nodeconfig.NODE_IP]
     # kube-proxy pairs Service and slice ports by name: each Service port has one.
     service_ports = {(p["name"], p["protocol"]) for p in service["spec"]["ports"]}
     slice_ports = {(p["name"], p["protocol"]) for p in slice_["ports"]}
     assert service_ports == slice_ports == {("dns", "UDP"), ("dns-tcp", "TCP")}
     assert {p["port"] for p in slice_["ports"]} == {1053}
     binding = objects["/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"]
-    assert binding["subjects"][0]["name"] == certs.node_clients("n")["coredns"][0]
+    assert binding["subjects"][0]["name"] == realnode.CLIENTS["coredns"][0]
     role = objects["/apis/rbac.authorization.k8s.io/v1/clusterroles"]
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs == {"list", "watch"}  # read-only
