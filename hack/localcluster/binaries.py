@@ -356,7 +356,10 @@ def build(
     have in common.
     """
     if shutil.which("go") is None:
-        raise BuildError("`go` is not on PATH; install Go >= 1.24 or set LOCALCLUSTER_BIN_DIR")
+        raise BuildError(
+            "`go` is not on PATH; install Go >= 1.26.7 (promtool needs it) or set "
+            "LOCALCLUSTER_BIN_DIR"
+        )
     wanted = set(names) if names is not None else None
     pool = known_binaries() if wanted is not None else all_binaries()
     todo = [b for b in pool if wanted is None or b.name in wanted]
