@@ -181,6 +181,7 @@ def _ok_after(core: client.CoreV1Api, namespace: str, more: int) -> dict[str, An
     )
 
 
+@pytest.mark.timeout(900)  # five canaries one after the other: about six minutes
 def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     models: Models,
     api_client: client.ApiClient,
