@@ -252,7 +252,18 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
         models.patch_spec(NAME, _spec(http_model("/broken.joblib", "4")))
         rolled = _wait_state(models, "4", "RolledBack", timeout=240)
         assert "error rate" in rolled["analysis"]["message"], rolled
-        wait_for("the broken canary gone", lambda: models.deployment(f"{NAME}-canary") is None, 60)
+        wait_for(
+            "the broken canary's pods gone (they leave the endpoints as they terminate)",
+            lambda: (
+                not any(
+                    (p.metadata.labels or {}).get(canary.TRACK_LABEL) == canary.CANARY
+                    for p in models.pods(NAME)
+                )
+            ),
+            90,
+            interval=1,
+        )
+        time.sleep(2)  # the client reports once a second: a report from before the last pod left
         before = client_counts(core, namespace, "load")
         assert before is not None
         after = _ok_after(core, namespace, 100)
