@@ -121,9 +121,10 @@ def _bad_models() -> dict[str, bytes]:
 
 
 def _spec(model: dict[str, Any], deadline: int = 180) -> dict[str, Any]:
-    """Every field set: patches are JSON merge patches, a field left out keeps its old value."""
+    """Every field set: patches are JSON merge patches, a field left out keeps its old value
+    (a digest left out would stay pinned to the last version's bytes; null removes it)."""
     return {
-        "model": model,
+        "model": {"format": "joblib", "digest": None, **model},
         "replicas": 2,
         "rollout": {
             "strategy": "Canary",
@@ -190,7 +191,9 @@ def test_canary_rollouts_promote_good_versions_and_roll_back_bad_ones(
     operator: Operator,
 ) -> None:
     core = client.CoreV1Api(api_client)
-    models.create(NAME, _spec({"uri": FILE_URI, "version": "1"}))
+    first = _spec({"uri": FILE_URI, "version": "1"})
+    del first["model"]["digest"]
+    models.create(NAME, first)
     body = models.wait_condition(NAME, "Ready", timeout=180)
     # The client calls status.url, as users do: cluster DNS resolves the Service's name.
     url = f"{body['status']['url']}/v1/models/{NAME}:predict"
