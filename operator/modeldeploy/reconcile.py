@@ -329,9 +329,11 @@ class Reconciler:
         previous = written if written is not None else body.get("status") or {}
         deployment: Obj | None = None
         move: canary.Move | None = None
+        # The pods' /metrics, read at most once in this pass (canary analysis and drift).
+        pod_metrics = _PodMetrics(lambda: self._metrics_targets(owner), self._io)
         if spec is not None:
             try:
-                move = self._canary_move(spec, owner, body, previous, full=full)
+                move = self._canary_move(spec, owner, body, previous, pod_metrics, full=full)
                 deployment = self._apply_children(spec, owner, outcome, full=full, move=move)
                 self._apply_failures.pop(uid, None)
             except KubeError as error:
@@ -354,7 +356,7 @@ class Reconciler:
             pods = self.kube.list_pods(namespace, render.selector_string(owner))
             pod_failure = status.summarize_pod_failure(pods)
 
-        drift_condition = None if spec is None else self._drift(spec, owner, previous)
+        drift_condition = None if spec is None else self._drift(spec, owner, previous, pod_metrics)
         observed = status.Observed(
             generation=int(meta.get("generation") or 0),
             spec=spec,
@@ -402,6 +404,7 @@ class Reconciler:
         owner: render.Owner,
         body: Obj,
         previous: Obj,
+        pod_metrics: _PodMetrics,
         *,
         full: bool,
     ) -> canary.Move | None:
@@ -447,34 +450,19 @@ class Reconciler:
         )
         move = canary.decide(world)
         if move.needs_readings:
-            move = canary.decide(world, self._readings(owner))
+            move = canary.decide(world, _readings(pod_metrics))
         if move.clear_command:
             self.kube.remove_annotation(owner.namespace, owner.name, canary.COMMAND_ANNOTATION)
         return move
 
-    def _readings(self, owner: render.Owner) -> dict[str, scrape.Counters]:
-        """Both versions' counters, summed over their ready pods (pods that cannot be read
-        count as silent: the gates need ``minRequests`` before they judge)."""
-        targets = self._metrics_targets(owner)
-
-        def read(target: tuple[str, str]) -> tuple[str, scrape.Counters]:
-            track, url = target
-            try:
-                return track, scrape.counters(scrape.fetch(url))
-            except (OSError, ValueError) as error:
-                logger.info("cannot read %s for the canary analysis: %s", url, error)
-                return track, {}
-
-        found = list(self._io.map(read, targets))
-        return {
-            track: scrape.total(counters for t, counters in found if t == track)
-            for track in (canary.STABLE, canary.CANARY)
-        }
-
     # --- drift -----------------------------------------------------------------------------
 
     def _drift(
-        self, spec: api.ModelDeploymentSpec, owner: render.Owner, previous: Obj
+        self,
+        spec: api.ModelDeploymentSpec,
+        owner: render.Owner,
+        previous: Obj,
+        pod_metrics: _PodMetrics,
     ) -> drift.Wanted | None:
         """ModelDrift from the ready pods' PSI figures (None without a reference profile)."""
         monitoring = spec.monitoring
@@ -482,14 +470,7 @@ class Reconciler:
             self._drift_since.pop(owner.uid, None)
             return None
 
-        def read(target: tuple[str, str]) -> dict[str, float] | None:
-            try:
-                return scrape.drift_figures(scrape.fetch(target[1]))
-            except (OSError, ValueError) as error:
-                logger.info("cannot read %s for drift: %s", target[1], error)
-                return None
-
-        readings = [r for r in self._io.map(read, self._metrics_targets(owner)) if r is not None]
+        readings = [scrape.drift_figures(text) for _, text in pod_metrics.texts()]
         verdict = drift.decide(
             scrape.worst(readings) if readings else None,
             monitoring.drift_threshold,
@@ -737,6 +718,43 @@ class Reconciler:
         ):
             metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
             outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
+
+
+class _PodMetrics:
+    """The /metrics texts of a resource's ready pods, read concurrently once per pass and only
+    when asked for: the canary analysis and the drift check judge the same reading."""
+
+    def __init__(
+        self, targets: Callable[[], list[tuple[str, str]]], io: ThreadPoolExecutor
+    ) -> None:
+        self._targets, self._io = targets, io  # (track, metrics URL) of the ready pods
+        self._texts: list[tuple[str, str]] | None = None
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(track, metrics text) of each ready pod that answered (the others count as silent:
+        the canary's gates need ``minRequests`` before they judge)."""
+        if self._texts is None:
+
+            def read(target: tuple[str, str]) -> tuple[str, str | None]:
+                track, url = target
+                try:
+                    return track, scrape.fetch(url)
+                except (OSError, ValueError) as error:
+                    logger.info("cannot read the metrics at %s: %s", url, error)
+                    return track, None
+
+            found = self._io.map(read, self._targets())
+            self._texts = [(track, text) for track, text in found if text is not None]
+        return self._texts
+
+
+def _readings(pod_metrics: _PodMetrics) -> dict[str, scrape.Counters]:
+    """Both versions' counters, summed over their ready pods."""
+    found = [(track, scrape.counters(text)) for track, text in pod_metrics.texts()]
+    return {
+        track: scrape.total(counters for t, counters in found if t == track)
+        for track in (canary.STABLE, canary.CANARY)
+    }
 
 
 @dataclass(frozen=True)
