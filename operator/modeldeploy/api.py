@@ -659,6 +659,10 @@ class Monitoring(Model):
     drift_threshold: float = Field(default=0.2, ge=0.001, le=100)
     """PSI above which a feature or the predictions count as drifting."""
 
+    drift_window_seconds: int = Field(default=300, ge=10, le=86400)
+    """Seconds of recent traffic the servers' PSI figures describe, and how long a figure must
+    stay above (or back under) driftThreshold before ModelDrift turns True (or False)."""
+
     payload_log: PayloadLog | None = None
     """Where sampled requests and responses go."""
 

@@ -3,7 +3,8 @@
 The servers export `modelserver_feature_psi{feature}` and `modelserver_prediction_psi` against the
 reference profile (see the server's drift.py); `scrape.drift_figures` reads them, the worst pod's
 figure counting. ModelDrift turns True once some figure has stayed above `driftThreshold` for
-`SUSTAIN_SECONDS`, and False once every figure has stayed at or under it as long. The condition's
+`driftWindowSeconds` (the period the servers' window covers too), and False once every figure has
+stayed at or under it as long. The condition's
 message is written on the transition and kept until the next one, so that the status (and the
 Event the transition makes) changes only when the verdict does.
 """
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 from modeldeploy import api
 
-SUSTAIN_SECONDS = 300.0
-CHECK_SECONDS = 60.0  # how often a resource with a reference profile is looked at
+SUSTAIN_SECONDS = 300.0  # the default driftWindowSeconds
+CHECK_SECONDS = 60.0  # how often a resource with a reference profile is looked at, at most
 PREDICTION = "predictions"
 FEATURE = "feature "
 
@@ -29,6 +30,12 @@ class Verdict:
 
     condition: Wanted
     pending_since: float | None
+
+
+def check_seconds(sustain: float) -> float:
+    """How often to look: every minute, or five times per sustain period when that is shorter
+    (a verdict then comes at most a fifth of the period late)."""
+    return min(CHECK_SECONDS, max(2.0, sustain / 5))
 
 
 def above(figures: Mapping[str, float], threshold: float) -> list[str]:

@@ -373,10 +373,9 @@ class Reconciler:
             else status.CanaryView(move.status, move.conditions, stalled=move.stalled),
             drift=drift_condition,
         )
-        if drift_condition is not None:
-            outcome.requeue_after = min(
-                outcome.requeue_after or drift.CHECK_SECONDS, drift.CHECK_SECONDS
-            )
+        if drift_condition is not None and spec is not None and spec.monitoring is not None:
+            every = drift.check_seconds(spec.monitoring.drift_window_seconds)
+            outcome.requeue_after = min(outcome.requeue_after or every, every)
         new_status, transitions = status.compute_status(observed, previous, self.clock())
         outcome.phase = new_status["phase"]
         if status.status_differs(previous, new_status):
@@ -479,6 +478,7 @@ class Reconciler:
             ),
             self._drift_since.get(owner.uid),
             now=time.monotonic(),
+            sustain=monitoring.drift_window_seconds,
         )
         if verdict.pending_since is None:
             self._drift_since.pop(owner.uid, None)

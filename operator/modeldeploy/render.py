@@ -323,6 +323,7 @@ def monitoring_env(monitoring: api.Monitoring, reference_uri: str | None) -> lis
     reference = monitoring.reference
     if reference is not None and reference_uri is not None:
         env.append({"name": "REFERENCE_URI", "value": reference_uri})
+        env.append({"name": "DRIFT_WINDOW_SECONDS", "value": str(monitoring.drift_window_seconds)})
         if reference.digest:
             env.append({"name": "REFERENCE_DIGEST", "value": reference.digest})
     log = monitoring.payload_log

@@ -56,6 +56,7 @@ def test_a_remote_reference_is_fetched_by_its_own_init_container_with_the_digest
     server = pod["containers"][0]
     assert _env(server)["REFERENCE_URI"] == "file:///mnt/reference/profile.json"
     assert _env(server)["REFERENCE_DIGEST"] == DIGEST
+    assert _env(server)["DRIFT_WINDOW_SECONDS"] == "300"  # the server's window: the default
     assert "AWS_ACCESS_KEY_ID" not in str(server)
     assert {"name": "reference", "mountPath": "/mnt/reference", "readOnly": True} in server[
         "volumeMounts"
@@ -120,6 +121,7 @@ def test_without_monitoring_nothing_is_added(settings: Settings) -> None:
         ({"payloadLog": {"url": "http://s/", "sampleRate": 1.5}}, "less than or equal to 1"),
         ({"payloadLog": {"url": "sink:80"}}, "String should match pattern"),
         ({"driftThreshold": 0}, "greater than or equal to 0.001"),
+        ({"driftWindowSeconds": 5}, "greater than or equal to 10"),
     ],
 )
 def test_bad_monitoring_settings_are_refused_naming_the_rule(
