@@ -249,11 +249,17 @@ def file_server(
 
 # -- a client pod on the pod network ---------------------------------------------------------
 
-#: Runs in the server image (it has Python): requests in a loop, one JSON line per second.
+#: Runs in the server image (it has Python): requests in a loop, one JSON line per second. With a
+#: third argument (a JSON list of rows) each request carries 10 rows drawn from it at random.
 LOAD_CLIENT = r"""
-import json, sys, threading, time, urllib.request
+import json, random, sys, threading, time, urllib.request
 url, workers = sys.argv[1], int(sys.argv[2])
-body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
+rows = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+size = 10 if rows else 2
+def next_body():
+    batch = random.choices(rows, k=size) if rows else [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+    return json.dumps({"instances": batch}).encode()
+body = next_body()
 headers = {"Content-Type": "application/json"}
 counts = {"ok": 0, "failed": 0}
 errors = []
@@ -271,9 +277,9 @@ while True:
 def work():
     while True:
         try:
-            req = urllib.request.Request(url, data=body, headers=headers)
+            req = urllib.request.Request(url, data=next_body(), headers=headers)
             with urllib.request.urlopen(req, timeout=10) as resp:
-                ok = resp.status == 200 and len(json.loads(resp.read())["predictions"]) == 2
+                ok = resp.status == 200 and len(json.loads(resp.read())["predictions"]) == size
             err = None if ok else "bad answer"
         except Exception as e:  # every failure counts, whatever it is
             ok, err = False, f"{type(e).__name__}: {e}"
@@ -341,8 +347,11 @@ def script_pod(name: str, image: str, script: str, *args: str) -> dict[str, Any]
     return _client_pod(name, image, ["python", "-c", script, *args])
 
 
-def load_client_pod(name: str, url: str, workers: int, image: str) -> dict[str, Any]:
-    return _client_pod(name, image, ["python", "-c", LOAD_CLIENT, url, str(workers)])
+def load_client_pod(
+    name: str, url: str, workers: int, image: str, rows: list[list[float]] | None = None
+) -> dict[str, Any]:
+    extra = [] if rows is None else [json.dumps(rows)]
+    return _client_pod(name, image, ["python", "-c", LOAD_CLIENT, url, str(workers), *extra])
 
 
 def probe_pod(name: str, url: str, seconds: float, image: str) -> dict[str, Any]:
