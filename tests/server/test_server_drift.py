@@ -18,6 +18,8 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 
+from modelserver import drift
+
 from .support import ServerProcess, post_json, running, v1_body, v2_body
 from .test_server_monitoring import samples
 
@@ -244,3 +246,25 @@ def test_a_reference_whose_digest_differs_is_never_used(
         server.stop()
     assert "reference profile:" in server.termination_log.read_text()
     assert "sha256" in server.termination_log.read_text()
+
+
+@pytest.mark.parametrize("edges_per_feature", [3, 9, 300])
+def test_bin_indices_counts_the_edges_below_each_value(edges_per_feature: int) -> None:
+    """The binning of every kept row agrees with a plain per-feature search, ties, infinities and
+    padding included (300 edges: counts that no longer fit in a byte)."""
+    rng = np.random.default_rng(7)
+    edge_lists = [
+        np.unique(np.round(rng.normal(size=edges_per_feature), 3)).tolist() for _ in range(4)
+    ]
+    edge_lists.append([0.5])  # a short row, padded with +inf
+    edges = drift.padded_edges(edge_lists)
+    x = np.round(rng.normal(size=(257, len(edge_lists))), 3)
+    x[0] = np.inf
+    x[1] = -np.inf
+    x[2] = [feature_edges[-1] for feature_edges in edge_lists]  # ties: an edge is not below itself
+    got = drift.bin_indices(x, edges)
+    if edges_per_feature == 300:
+        assert got.max() > 253
+    for column, feature_edges in enumerate(edge_lists):
+        want = np.searchsorted(np.asarray(feature_edges), x[:, column], side="left")
+        assert got[:, column].tolist() == want.tolist()
