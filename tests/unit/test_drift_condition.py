@@ -83,9 +83,10 @@ def test_drift_comes_back_to_false_once_every_figure_is_under_the_threshold_long
 def test_a_shorter_window_is_sustained_for_less_and_looked_at_more_often() -> None:
     spike = {"feature age": 0.9}
     pending = drift.decide(spike, 0.2, None, None, now=0.0, sustain=20)
-    assert drift.decide(spike, 0.2, None, pending.pending_since, now=19.0, sustain=20).condition[
-        0
-    ] == "False"
+    assert (
+        drift.decide(spike, 0.2, None, pending.pending_since, now=19.0, sustain=20).condition[0]
+        == "False"
+    )
     flipped = drift.decide(spike, 0.2, None, pending.pending_since, now=20.0, sustain=20)
     assert flipped.condition[0] == "True"
     assert "for 20 s" in flipped.condition[2]
