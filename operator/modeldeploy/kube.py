@@ -292,12 +292,17 @@ class Kube:
         return self._get(_path(api.API_VERSION, api.PLURAL, namespace, name), api.KIND)
 
     def list_pods(self, namespace: str, selector: str, limit: int = 20) -> list[Obj]:
-        """Pods matching ``selector`` (bounded: only read to explain a stuck rollout)."""
+        """Pods matching ``selector``, from the API server's watch cache (``resourceVersion=0``).
+
+        Only read to explain a rollout or to find the pods to scrape, so a copy a moment old
+        will do; a quorum read would make etcd range over every pod of the namespace to find
+        the few that match (thousands, once per child event, at 2,000 resources).
+        """
         result = self._call(
             "GET",
             _path("v1", "pods", namespace),
             kind="Pod",
-            query=[("labelSelector", selector), ("limit", str(limit))],
+            query=[("labelSelector", selector), ("limit", str(limit)), ("resourceVersion", "0")],
         )
         items: list[Obj] = result.get("items", [])
         return items

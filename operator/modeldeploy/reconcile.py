@@ -547,6 +547,11 @@ class Reconciler:
             frozen = self._plan_canary(
                 move, spec=spec, owner=owner, outcome=outcome, wanted=wanted, unwanted=unwanted
             )
+        # The children that must go are read alongside the ones to write, not after them.
+        owned_unwanted = [
+            self._io.submit(self._owned_unwanted, kind, owner, name, full=full)
+            for kind, name in unwanted
+        ]
         pending, deployment = self._differing(wanted, owner, full=full)
         # Ownership is read from the API server before anything is written.
         lives = list(
@@ -574,8 +579,11 @@ class Reconciler:
                 deployment = applied
         if failed is not None:
             raise failed
-        for kind, name in unwanted:
-            self._delete_unwanted(kind, owner, name, outcome, full=full)
+        for (kind, name), owned in zip(unwanted, owned_unwanted, strict=True):
+            self._applied.pop((owner.uid, kind.kind, name), None)
+            if owned.result() and self.kube.delete(kind, owner.namespace, name):
+                metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
+                outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
         self._bind_reviewer(spec, owner, outcome, full=full)
         if frozen is not None and move is not None:
             deployment = frozen
@@ -696,28 +704,17 @@ class Reconciler:
         self._applied[(owner.uid, item.kind.kind, item.name)] = (item.digest, after)
         return applied
 
-    def _delete_unwanted(
-        self,
-        kind: render.ChildKind,
-        owner: render.Owner,
-        name: str,
-        outcome: Outcome,
-        *,
-        full: bool,
-    ) -> None:
-        self._applied.pop((owner.uid, kind.kind, name), None)
+    def _owned_unwanted(
+        self, kind: render.ChildKind, owner: render.Owner, name: str, *, full: bool
+    ) -> bool:
+        """Whether a child that must go exists and is controlled by this resource (read from
+        the API server; a pass from the cache reads only what the cache says is there)."""
         if not full:
             cached = self.children.get(kind, owner.namespace, name)
             if cached is None or cached.controller != owner.uid:
-                return
+                return False
         existing = self.kube.get(kind, owner.namespace, name)
-        if (
-            existing is not None
-            and controller_uid(existing) == owner.uid
-            and self.kube.delete(kind, owner.namespace, name)
-        ):
-            metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
-            outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
+        return existing is not None and controller_uid(existing) == owner.uid
 
 
 class _PodMetrics:

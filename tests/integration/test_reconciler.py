@@ -4,11 +4,14 @@ watch can miss."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
 
+from modeldeploy import render
 from modeldeploy.controller import Controller
 from modeldeploy.kube import Kube
 from modeldeploy.reconcile import Reconciler
@@ -26,11 +29,11 @@ from .operator_support import (
 FILE_MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
 
 
-def _reconciler(kubeconfig: Path) -> Reconciler:
+def _reconciler(kubeconfig: Path, kube_class: type[Kube] = Kube) -> Reconciler:
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     settings = Settings(server_image=SERVER_IMAGE, metrics_port=0, health_port=0)
-    return Reconciler(Kube(settings, configuration), settings)
+    return Reconciler(kube_class(settings, configuration), settings)
 
 
 def test_a_missed_deletion_never_lets_the_operator_take_over_a_users_object(
@@ -143,3 +146,48 @@ def test_a_resync_forgets_a_resource_whose_deletion_the_watch_missed(
     memory = asyncio.run(scenario())
     assert memory["parents"] == 0
     assert memory["phases"] == memory["written"] == memory["applied"] == memory["locks"] == 0
+
+
+class _RecordingKube(Kube):
+    """The real client, noting the verb and kind of every request in the order they start."""
+
+    def __init__(self, settings: Settings, configuration: client.Configuration):
+        super().__init__(settings, configuration)
+        self.requests: list[tuple[str, str]] = []
+        self._guard = threading.Lock()
+
+    def _call(self, method: str, path: str, *, kind: str, **kwargs: Any) -> dict[str, Any]:
+        with self._guard:
+            self.requests.append((method, kind))
+        return super()._call(method, path, kind=kind, **kwargs)
+
+
+def test_a_new_resources_first_pass_reads_every_child_before_its_first_write(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """The children to write and those that must go are read together, so a full pass costs
+    one round trip of reads, one of writes and the status write (not a read per unwanted kind
+    after the writes); the unwanted ones are still removed in the same pass."""
+    reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
+    kube = reconciler.kube
+    assert isinstance(kube, _RecordingKube)
+    models = Models(api_client, namespace)
+    scaled = {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}
+    models.create("first", {"model": FILE_MODEL, "autoscaling": scaled})
+    reconciler.reconcile(models.get("first"))
+    autoscaling = client.AutoscalingV2Api(api_client)
+    assert autoscaling.read_namespaced_horizontal_pod_autoscaler("first", namespace)
+
+    models.patch_spec("first", {"autoscaling": None, "replicas": 1})
+    kube.requests.clear()
+    outcome = reconciler.reconcile(models.get("first"), inspect_pods=False)
+    assert "HorizontalPodAutoscaler" in outcome.deleted
+    verbs = [verb for verb, _ in kube.requests]
+    first_write = next(i for i, verb in enumerate(verbs) if verb != "GET")
+    reads = {kind for verb, kind in kube.requests[:first_write] if verb == "GET"}
+    assert reads == {kind.kind for kind in render.CHILD_KINDS}, kube.requests
+    assert all(verb != "GET" for verb in verbs[first_write:]), kube.requests
+    reconciler.close()
