@@ -366,7 +366,8 @@ def pod_log(core: client.CoreV1Api, namespace: str, name: str) -> str:
 
 
 def client_counts(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
-    """The load client's latest counters (its last log line), or None before the first."""
+    """A script pod's latest report (its last log line, JSON: the load client's counters, the
+    payload sink's events), or None before the first."""
     try:
         # Raw bytes: the client would turn a JSON log line into a dict's repr otherwise.
         resp = core.read_namespaced_pod_log(name, namespace, tail_lines=1, _preload_content=False)
