@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from modeldeploy import api
 
-SUSTAIN_SECONDS = 300.0  # the default driftWindowSeconds
 CHECK_SECONDS = 60.0  # how often a resource with a reference profile is looked at, at most
 PREDICTION = "predictions"
 FEATURE = "feature "
@@ -53,7 +52,7 @@ def decide(
     pending_since: float | None,
     *,
     now: float,
-    sustain: float = SUSTAIN_SECONDS,
+    sustain: float,
 ) -> Verdict:
     """The ModelDrift condition after a look at the figures (None: no pod could be read)."""
     current = previous or (

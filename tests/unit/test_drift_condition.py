@@ -7,6 +7,8 @@ from modeldeploy import api, drift, scrape, status
 
 from .test_status import deployment, observe
 
+WINDOW = api.Monitoring().drift_window_seconds  # the default: 300 s
+
 METRICS = """\
 # HELP modelserver_feature_psi PSI
 # TYPE modelserver_feature_psi gauge
@@ -33,15 +35,19 @@ def test_pod_figures_are_read_by_feature_and_the_worst_pod_counts() -> None:
 
 def test_drift_turns_true_only_after_it_is_sustained_naming_the_features_worst_first() -> None:
     figures = {"feature age": 0.41, "feature income": 0.05, "feature zip": 0.3, "predictions": 0.02}
-    first = drift.decide(figures, 0.2, None, None, now=1000.0)
+    first = drift.decide(figures, 0.2, None, None, now=1000.0, sustain=WINDOW)
     assert first.condition[0] == "False"
     assert first.pending_since == 1000.0
 
-    still = drift.decide(figures, 0.2, first.condition, first.pending_since, now=1299.0)
+    still = drift.decide(
+        figures, 0.2, first.condition, first.pending_since, now=1299.0, sustain=WINDOW
+    )
     assert still.condition == first.condition
     assert still.pending_since == 1000.0
 
-    flipped = drift.decide(figures, 0.2, still.condition, still.pending_since, now=1300.0)
+    flipped = drift.decide(
+        figures, 0.2, still.condition, still.pending_since, now=1300.0, sustain=WINDOW
+    )
     state, reason, message = flipped.condition
     assert (state, reason) == ("True", api.Reason.DRIFT_DETECTED)
     assert message == "PSI above 0.2 for 300 s: feature age (0.41), feature zip (0.30)"
@@ -49,24 +55,32 @@ def test_drift_turns_true_only_after_it_is_sustained_naming_the_features_worst_f
 
     # While it drifts, other figures do not rewrite the message (no status write, no Event).
     more = {**figures, "predictions": 0.9}
-    assert drift.decide(more, 0.2, flipped.condition, None, now=1400.0).condition == (
-        flipped.condition
-    )
+    assert drift.decide(
+        more, 0.2, flipped.condition, None, now=1400.0, sustain=WINDOW
+    ).condition == (flipped.condition)
 
 
 def test_a_short_spike_or_dip_resets_the_clock() -> None:
     spike = {"feature age": 0.5}
     calm = {"feature age": 0.01}
-    pending = drift.decide(spike, 0.2, None, None, now=0.0)
-    reset = drift.decide(calm, 0.2, pending.condition, pending.pending_since, now=200.0)
+    pending = drift.decide(spike, 0.2, None, None, now=0.0, sustain=WINDOW)
+    reset = drift.decide(
+        calm, 0.2, pending.condition, pending.pending_since, now=200.0, sustain=WINDOW
+    )
     assert reset.pending_since is None
-    again = drift.decide(spike, 0.2, reset.condition, reset.pending_since, now=250.0)
+    again = drift.decide(
+        spike, 0.2, reset.condition, reset.pending_since, now=250.0, sustain=WINDOW
+    )
     assert (
-        drift.decide(spike, 0.2, again.condition, again.pending_since, now=500.0).condition[0]
+        drift.decide(
+            spike, 0.2, again.condition, again.pending_since, now=500.0, sustain=WINDOW
+        ).condition[0]
         == "False"
     )  # 250 s above, not 300
     assert (
-        drift.decide(spike, 0.2, again.condition, again.pending_since, now=550.0).condition[0]
+        drift.decide(
+            spike, 0.2, again.condition, again.pending_since, now=550.0, sustain=WINDOW
+        ).condition[0]
         == "True"
     )
 
@@ -74,9 +88,11 @@ def test_a_short_spike_or_dip_resets_the_clock() -> None:
 def test_drift_comes_back_to_false_once_every_figure_is_under_the_threshold_long_enough() -> None:
     drifting = ("True", api.Reason.DRIFT_DETECTED, "PSI above 0.2 for 300 s: feature age (0.50)")
     calm = {"feature age": 0.05, "predictions": 0.01}
-    pending = drift.decide(calm, 0.2, drifting, None, now=0.0)
+    pending = drift.decide(calm, 0.2, drifting, None, now=0.0, sustain=WINDOW)
     assert pending.condition == drifting
-    back = drift.decide(calm, 0.2, pending.condition, pending.pending_since, now=300.0)
+    back = drift.decide(
+        calm, 0.2, pending.condition, pending.pending_since, now=300.0, sustain=WINDOW
+    )
     assert back.condition[:2] == ("False", api.Reason.NO_DRIFT)
 
 
@@ -97,7 +113,9 @@ def test_a_shorter_window_is_sustained_for_less_and_looked_at_more_often() -> No
 
 def test_unreadable_pods_change_nothing() -> None:
     drifting = ("True", api.Reason.DRIFT_DETECTED, "m")
-    assert drift.decide(None, 0.2, drifting, 5.0, now=1e6) == drift.Verdict(drifting, 5.0)
+    assert drift.decide(None, 0.2, drifting, 5.0, now=1e6, sustain=WINDOW) == drift.Verdict(
+        drifting, 5.0
+    )
 
 
 def test_the_condition_and_its_event_appear_only_on_transitions() -> None:
