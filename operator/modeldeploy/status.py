@@ -125,29 +125,57 @@ class _Verdict:
 
 
 def summarize_pod_failure(pods: Iterable[Mapping[str, Any]]) -> PodFailure | None:
-    """The first stuck container among the pods, with its termination message when it has one."""
+    """The first stuck container among the pods, with its termination message when it has one.
+
+    A container is stuck while the kubelet backs off (``CrashLoopBackOff``, an image pull...).
+    An init container that failed is also stuck just after it exits and while it tries again:
+    it runs only until it succeeds once, so any failed try means the pod is not starting.
+    """
     for pod in pods:
         status = pod.get("status") or {}
         name = (pod.get("metadata") or {}).get("name", "?")
         statuses = [
-            *(status.get("initContainerStatuses") or []),
-            *(status.get("containerStatuses") or []),
+            *((c, True) for c in status.get("initContainerStatuses") or []),
+            *((c, False) for c in status.get("containerStatuses") or []),
         ]
-        for container in statuses:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            waiting_reason = waiting.get("reason")
-            if waiting_reason not in _STUCK_WAITING:
+        for container, init in statuses:
+            found = _stuck(container, init)
+            if found is None:
                 continue
-            terminated = (container.get("lastState") or {}).get("terminated") or {}
-            detail = (terminated.get("message") or waiting.get("message") or waiting_reason).strip()
-            reason = _STUCK_WAITING[waiting_reason] or _CONTAINER_REASON.get(
-                container.get("name", ""), Reason.CONTAINER_CRASHING
-            )
+            reason, detail = found
             return PodFailure(
                 reason=reason,
                 message=f"pod {name} container {container.get('name')}: {detail.splitlines()[-1]}",
             )
     return None
+
+
+def _stuck(container: Mapping[str, Any], init: bool) -> tuple[Reason, str] | None:
+    state = container.get("state") or {}
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    crashed = _CONTAINER_REASON.get(container.get("name", ""), Reason.CONTAINER_CRASHING)
+    waiting = state.get("waiting") or {}
+    waiting_reason = waiting.get("reason")
+    if waiting_reason in _STUCK_WAITING:
+        detail = (last.get("message") or waiting.get("message") or waiting_reason).strip()
+        return _STUCK_WAITING[waiting_reason] or crashed, detail
+    if not init:
+        return None
+    terminated = state.get("terminated") or {}
+    if _int(terminated.get("exitCode")) != 0:
+        return crashed, _termination_detail(terminated)
+    if (
+        "running" in state
+        and _int(container.get("restartCount")) > 0
+        and _int(last.get("exitCode"))
+    ):
+        return crashed, _termination_detail(last)
+    return None
+
+
+def _termination_detail(terminated: Mapping[str, Any]) -> str:
+    message = (terminated.get("message") or "").strip()
+    return message or f"exited with code {terminated.get('exitCode')} ({terminated.get('reason')})"
 
 
 def _int(value: Any) -> int:

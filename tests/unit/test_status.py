@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from modeldeploy import api, status
 
 NOW = "2026-11-27T10:00:00Z"
@@ -429,3 +431,65 @@ def test_the_crd_documents_exactly_the_conditions_and_reasons_the_code_writes() 
     assert set(documented_types.split(", ")) == produced_types
     phases = {r["phase"] for r in results}
     assert phases == {str(phase) for phase in api.Phase}
+
+
+def _fetch_pod(state: dict[str, Any], restarts: int = 1) -> dict[str, Any]:
+    """A pod whose model download failed (404), as the kubelet reports it between two tries."""
+    return {
+        "metadata": {"name": "iris-canary-x"},
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": "fetch-model",
+                    "restartCount": restarts,
+                    "state": state,
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "message": "fetch failed: HTTP 404\n"}
+                    }
+                    if restarts
+                    else {},
+                }
+            ],
+            "containerStatuses": [
+                {"name": "server", "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        # Retrying after a failure: the kubelet shows the new try as running.
+        {"running": {"startedAt": "2026-11-28T08:00:00Z"}},
+        # Just failed, before the kubelet's back-off starts.
+        {"terminated": {"exitCode": 1, "message": "fetch failed: HTTP 404\n"}},
+    ],
+    ids=["retrying", "just-failed"],
+)
+def test_a_failing_model_download_is_seen_between_back_offs(state: dict[str, Any]) -> None:
+    failure = status.summarize_pod_failure([_fetch_pod(state)])
+    assert failure == status.PodFailure(
+        reason=api.Reason.MODEL_FETCH_FAILED,
+        message="pod iris-canary-x container fetch-model: fetch failed: HTTP 404",
+    )
+
+
+def test_a_first_download_still_running_is_no_failure() -> None:
+    running = {"running": {"startedAt": "2026-11-28T08:00:00Z"}}
+    assert status.summarize_pod_failure([_fetch_pod(running, restarts=0)]) is None
+    # A server container that restarted once and runs again is not stuck either.
+    recovered = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "restartCount": 1,
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ]
+        },
+    }
+    assert status.summarize_pod_failure([recovered]) is None
