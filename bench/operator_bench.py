@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 import localcluster
 from localcluster import components, kwokconfig
@@ -43,7 +43,7 @@ from modeldeploy.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "modeldeploy/modelserver:bench"
 MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
-# Small requests: 2 x N pods must fit on the fake nodes' 8 CPUs each.
+# Small requests: 3 x N pods must fit on the fake nodes' 8 CPUs each.
 SPEC = {"model": MODEL, "replicas": 1, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}
 PODS_PER_NODE = 110  # kwokconfig.node_manifest
 DEFAULT_QPS = "200"
@@ -90,8 +90,96 @@ def _metric(metrics_port: int, name: str, **labels: str) -> float:
     return total
 
 
-def _poll_interval(count: int) -> float:
-    return 0.25 if count <= 100 else 2.0
+def _requests_by_call(metrics_port: int) -> dict[str, float]:
+    """modeldeploy_api_requests_total per "VERB kind"."""
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("modeldeploy_api_requests_total{"):
+            series, _, value = line.rpartition(" ")
+            labels = dict(
+                part.split("=", 1) for part in series[series.index("{") + 1 : -1].split(",")
+            )
+            key = f"{labels['verb'].strip(chr(34))} {labels['kind'].strip(chr(34))}"
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _follow(
+    list_call: Callable[..., Any],
+    namespace: str,
+    count: int,
+    done: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float,
+    on_event: Callable[[], None] | None = None,
+) -> None:
+    """Return once ``count`` objects of the namespace are ``done``.
+
+    One list, then a watch: polling thousands of objects every second or two would load the
+    API server more than some of the work measured (the same for both sides).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = json.loads(list_call(namespace, _preload_content=False).data)
+        finished = {item["metadata"]["name"] for item in listed["items"] if done(item)}
+        if len(finished) >= count:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{len(finished)}/{count} done in {namespace} after {timeout}s")
+        try:
+            for event in watch.Watch().stream(
+                list_call,
+                namespace,
+                resource_version=listed["metadata"]["resourceVersion"],
+                timeout_seconds=max(1, int(min(remaining, 300))),
+            ):
+                obj = event["raw_object"]
+                name = obj["metadata"]["name"]
+                if event["type"] != "DELETED" and done(obj):
+                    finished.add(name)
+                else:
+                    finished.discard(name)
+                if on_event is not None:
+                    on_event()
+                if len(finished) >= count:
+                    return
+        except client.ApiException as error:
+            if error.status != 410:  # the watch's resourceVersion expired: list again
+                raise
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by the control plane's processes (and the operator) in a span."""
+
+    def __init__(self, cluster: localcluster.Cluster, operator_pid: int | None = None):
+        self.pids = {c.name: c.pid for c in cluster.status().components if c.pid and c.running}
+        if operator_pid is not None:
+            self.pids["operator"] = operator_pid
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = _cpu_seconds(pid)
+            except OSError:
+                continue
+        return out
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: round(after[name] - before[name], 1) for name in after if name in before}
 
 
 def _answers(metrics_port: int) -> bool:
@@ -156,7 +244,7 @@ class Run:
         self.core = client.CoreV1Api(self.api)
 
     def add_nodes(self, count: int) -> None:
-        """More KWOK nodes: 2 x 110 pod slots are too few for 2 x N single-replica workloads."""
+        """More KWOK nodes: 2 x 110 pod slots are too few for 3 x N single-replica workloads."""
         for i in range(count):
             self.core.create_node(kwokconfig.node_manifest(f"kwok-bench-{i}"))
 
@@ -190,15 +278,36 @@ class Run:
             del deployment["metadata"]["ownerReferences"]
             self.apps.create_namespaced_deployment(namespace, deployment)
 
-        def all_available() -> bool:
-            items = self.apps.list_namespaced_deployment(namespace).items
-            return len(items) == count and all(
-                (d.status.available_replicas or 0) == 1 for d in items
-            )
+        def available(item: dict[str, Any]) -> bool:
+            return ((item.get("status") or {}).get("availableReplicas") or 0) == 1
 
-        # Listing thousands of objects four times a second would load the API server more
-        # than the work measured: poll large scenarios every 2 s (the same for both sides).
-        _wait("bare Deployments available", all_available, 1800, _poll_interval(count))
+        _follow(self.apps.list_namespaced_deployment, namespace, count, available, timeout=1800)
+        return time.monotonic() - started
+
+    def children(self, count: int, namespace: str) -> float:
+        """Create, for ``count`` names, the children a ModelDeployment renders to (Deployment,
+        Service, NetworkPolicy), as a user without the operator would; time to available.
+
+        Against this peer the ratio is the operator's own overhead: the custom resource, the
+        reconcile and the status, not the cost of the objects every model needs."""
+        spec = api.parse_spec(SPEC)
+        settings = Settings(server_image=IMAGE)
+        create = {
+            "Deployment": self.apps.create_namespaced_deployment,
+            "Service": self.core.create_namespaced_service,
+            "NetworkPolicy": client.NetworkingV1Api(self.api).create_namespaced_network_policy,
+        }
+        started = time.monotonic()
+        for i in range(count):
+            body = {"metadata": {"name": f"plain-{i}", "namespace": namespace, "uid": "x"}}
+            for obj in render.render_children(render.Owner.from_body(body), spec, settings).wanted:
+                del obj["metadata"]["ownerReferences"]
+                create[obj["kind"]](namespace, obj)
+
+        def available(item: dict[str, Any]) -> bool:
+            return ((item.get("status") or {}).get("availableReplicas") or 0) == 1
+
+        _follow(self.apps.list_namespaced_deployment, namespace, count, available, timeout=1800)
         return time.monotonic() - started
 
     def models(
@@ -222,23 +331,28 @@ class Run:
                 api.GROUP, api.VERSION, namespace, api.PLURAL, body
             )
 
-        def all_ready() -> bool:
-            if metrics_port is not None and not applied_at:
-                applied = _counters(metrics_port)["deployments_applied"] - applied_before
-                if applied >= count:
-                    applied_at.append(time.monotonic() - started)
-            items = self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL
-            )["items"]
-            return len(items) == count and all(
-                any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in (item.get("status") or {}).get("conditions") or []
-                )
-                for item in items
+        def ready(item: dict[str, Any]) -> bool:
+            return any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (item.get("status") or {}).get("conditions") or []
             )
 
-        _wait("ModelDeployments Ready", all_ready, 1800, _poll_interval(count))
+        last_look = [0.0]
+
+        def applied() -> None:
+            # Scraping the operator at every watch event would load it: twice a second at most.
+            if metrics_port is not None and not applied_at and time.monotonic() > last_look[0]:
+                last_look[0] = time.monotonic() + 0.5
+                done = _counters(metrics_port)["deployments_applied"] - applied_before
+                if done >= count:
+                    applied_at.append(time.monotonic() - started)
+
+        def list_models(namespace: str, **kwargs: Any) -> Any:
+            return self.custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, **kwargs
+            )
+
+        _follow(list_models, namespace, count, ready, timeout=1800, on_event=applied)
         return time.monotonic() - started, (applied_at[0] if applied_at else None)
 
     def versions(self, namespace: str) -> dict[str, str]:
@@ -314,6 +428,73 @@ def _steady_state(run: Run, namespace: str, metrics_port: int, seconds: float) -
     }
 
 
+def _scenario(
+    run: Run,
+    n: int,
+    *,
+    large: bool,
+    proc: subprocess.Popen[bytes],
+    metrics_port: int,
+    into: dict[str, Any],
+) -> None:
+    """N bare Deployments, then N ModelDeployments: times to Ready, and for the large scenario
+    the operator's counters and every process's CPU time."""
+    # The single-resource case is short and noisy: alternate and take the median.
+    rounds = 1 if large else 5
+    bares, plains, ours_ = [], [], []
+    meter = CpuMeter(run.cluster, proc.pid)
+    for r in range(rounds):
+        cpu_start = meter.read()
+        bares.append(run.bare(n, run.namespace(f"bare-{n}-{r}")))
+        cpu_bare = meter.read()
+        plains.append(run.children(n, run.namespace(f"plain-{n}-{r}")))
+        cpu_plain = meter.read()
+        before = _counters(metrics_port)
+        calls_before = _requests_by_call(metrics_port)
+        took, applied = run.models(n, run.namespace(f"md-{n}-{r}"), metrics_port)
+        cpu_ours = meter.read()
+        ours_.append(took)
+    if large:
+        into["cpu_seconds"] = {
+            "bare": meter.spent(cpu_start, cpu_bare),
+            "children": meter.spent(cpu_bare, cpu_plain),
+            "ours": meter.spent(cpu_plain, cpu_ours),
+        }
+        print(f"CPU seconds at {n}: {json.dumps(into['cpu_seconds'])}")
+        after = _counters(metrics_port)
+        delta = {key: after[key] - before[key] for key in after}
+        into["operator"] = {
+            "seconds_until_every_child_applied": round(applied or float("nan"), 2),
+            "reconciles_per_second": round(delta["reconciles"] / took, 1),
+            "api_requests_per_resource": round(delta["requests"] / n, 2),
+            "api_requests_per_child_event": round(
+                delta["requests"] / max(delta["child_events"], 1), 3
+            ),
+            "child_events": int(delta["child_events"]),
+            "parent_reads": int(delta["parent_reads"]),
+            "requests_per_resource_by_call": {
+                call: round((total - calls_before.get(call, 0.0)) / n, 2)
+                for call, total in sorted(_requests_by_call(metrics_port).items())
+                if total > calls_before.get(call, 0.0)
+            },
+        }
+        print(f"operator at {n}: {json.dumps(into['operator'])}")
+    bare, plain, ours = (statistics.median(x) for x in (bares, plains, ours_))
+    into[f"ready_seconds_{n}"] = {
+        "bare": round(bare, 2),
+        "children": round(plain, 2),
+        "ours": round(ours, 2),
+        "ratio": round(ours / bare, 2),
+        "ratio_to_children": round(ours / plain, 2),
+        "rounds": rounds,
+    }
+    print(
+        f"apply -> Ready, {n:>4} resources: bare Deployments {bare:7.2f}s, the same children "
+        f"created directly {plain:7.2f}s, ModelDeployments {ours:7.2f}s; ratio {ours / bare:.2f} "
+        f"to bare, {ours / plain:.2f} to the children (median of {rounds})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench operator", description=__doc__)
     parser.add_argument(
@@ -352,43 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             "wait", "--for=condition=Established", "crd/modeldeployments.serving.modeldeploy.io"
         )
         run = Run(cluster)
-        # Both scenarios' pods run at once: room for 2 x N, beside the 2 nodes of the cluster.
-        run.add_nodes(max(1, math.ceil(2 * count / PODS_PER_NODE) - 2 + 1))
+        # The three scenarios' pods run at once: room for 3 x N, beside the 2 nodes of the cluster.
+        run.add_nodes(max(1, math.ceil(3 * count / PODS_PER_NODE) - 2 + 1))
         metrics_port = _free_port()
         with _operator(cluster.kubeconfig, out_dir / "operator-bench.log", metrics_port) as proc:
             for n in (1, count):
-                # The single-resource case is short and noisy: alternate and take the median.
-                rounds = 5 if n == 1 else 1
-                bares, ours_ = [], []
-                for r in range(rounds):
-                    bares.append(run.bare(n, run.namespace(f"bare-{n}-{r}")))
-                    before = _counters(metrics_port)
-                    took, applied = run.models(n, run.namespace(f"md-{n}-{r}"), metrics_port)
-                    ours_.append(took)
-                if n == count:
-                    after = _counters(metrics_port)
-                    delta = {key: after[key] - before[key] for key in after}
-                    results["operator"] = {
-                        "seconds_until_every_child_applied": round(applied or float("nan"), 2),
-                        "reconciles_per_second": round(delta["reconciles"] / took, 1),
-                        "api_requests_per_resource": round(delta["requests"] / n, 2),
-                        "api_requests_per_child_event": round(
-                            delta["requests"] / max(delta["child_events"], 1), 3
-                        ),
-                        "child_events": int(delta["child_events"]),
-                        "parent_reads": int(delta["parent_reads"]),
-                    }
-                    print(f"operator at {n}: {json.dumps(results['operator'])}")
-                bare, ours = statistics.median(bares), statistics.median(ours_)
-                results[f"ready_seconds_{n}"] = {
-                    "bare": round(bare, 2),
-                    "ours": round(ours, 2),
-                    "ratio": round(ours / bare, 2),
-                    "rounds": rounds,
-                }
-                print(
-                    f"apply -> Ready, {n:>4} resources: bare Deployments {bare:7.2f}s, "
-                    f"ModelDeployments {ours:7.2f}s, ratio {ours / bare:.2f} (median of {rounds})"
+                _scenario(
+                    run, n, large=n == count, proc=proc, metrics_port=metrics_port, into=results
                 )
             time.sleep(5)  # let the last events settle
             results["steady_state"] = _steady_state(run, f"md-{count}-0", metrics_port, steady)
