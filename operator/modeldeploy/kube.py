@@ -240,13 +240,36 @@ class Kube:
             content_type=MERGE,
         )
 
-    def delete(self, kind: ChildKind, namespace: str, name: str) -> bool:
-        """Delete a child; False when it was already gone."""
+    def delete(
+        self,
+        kind: ChildKind,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete a child; False when it was already gone.
+
+        With ``uid`` / ``resource_version``, only that object in that version: a 409 KubeError
+        when it was replaced or changed since it was read.
+        """
+        preconditions = {
+            key: value
+            for key, value in (("uid", uid), ("resourceVersion", resource_version))
+            if value
+        }
+        body = (
+            {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
+            if preconditions
+            else None
+        )
         try:
             self._call(
                 "DELETE",
                 _path(kind.api_version, kind.plural, namespace, name),
                 kind=kind.kind,
+                body=body,
                 query=[("propagationPolicy", "Background")],
             )
         except KubeError as error:

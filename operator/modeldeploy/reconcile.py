@@ -137,6 +137,7 @@ class CachedChild:
     fingerprint: str
     controller: str | None
     deployment: Obj | None = None
+    resource_version: str = ""
 
 
 def _status_view(deployment: Obj) -> Obj:
@@ -178,6 +179,7 @@ class ChildCache:
                 fingerprint=fingerprint(obj),
                 controller=controller_uid(obj),
                 deployment=_status_view(obj) if obj.get("kind") == render.DEPLOYMENT.kind else None,
+                resource_version=meta.get("resourceVersion", ""),
             )
         return before
 
@@ -334,7 +336,14 @@ class Reconciler:
         if spec is not None:
             try:
                 move = self._canary_move(spec, owner, body, previous, pod_metrics, full=full)
-                deployment = self._apply_children(spec, owner, outcome, full=full, move=move)
+                deployment = self._apply_children(
+                    spec,
+                    owner,
+                    outcome,
+                    full=full,
+                    move=move,
+                    new=not previous.get("observedGeneration"),
+                )
                 self._apply_failures.pop(uid, None)
             except KubeError as error:
                 outcome.apply_error = error
@@ -538,8 +547,10 @@ class Reconciler:
         *,
         full: bool,
         move: canary.Move | None = None,
+        new: bool = False,
     ) -> Obj | None:
-        """Write the children that differ; the Deployment as applied or read, if known."""
+        """Write the children that differ; the Deployment as applied or read, if known.
+        ``new``: no pass has seen this resource yet (its status has no observedGeneration)."""
         children = render.render_children(owner, spec, self.settings)
         wanted, unwanted = children.wanted, [(kind, owner.name) for kind in children.unwanted]
         frozen: Obj | None = None
@@ -547,9 +558,10 @@ class Reconciler:
             frozen = self._plan_canary(
                 move, spec=spec, owner=owner, outcome=outcome, wanted=wanted, unwanted=unwanted
             )
-        # The children that must go are read alongside the ones to write, not after them.
+        # The children that must go are read alongside the ones to write, not after them; a
+        # resource no pass has seen yet controls none (its pass skips those reads).
         owned_unwanted = [
-            self._io.submit(self._owned_unwanted, kind, owner, name, full=full)
+            self._io.submit(self._owned_unwanted, kind, owner, name, read=full and not new)
             for kind, name in unwanted
         ]
         pending, deployment = self._differing(wanted, owner, full=full)
@@ -581,7 +593,8 @@ class Reconciler:
             raise failed
         for (kind, name), owned in zip(unwanted, owned_unwanted, strict=True):
             self._applied.pop((owner.uid, kind.kind, name), None)
-            if owned.result() and self.kube.delete(kind, owner.namespace, name):
+            seen = owned.result()
+            if seen is not None and self._delete_unwanted(kind, owner, name, seen):
                 metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
                 outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
         self._bind_reviewer(spec, owner, outcome, full=full)
@@ -705,16 +718,40 @@ class Reconciler:
         return applied
 
     def _owned_unwanted(
-        self, kind: render.ChildKind, owner: render.Owner, name: str, *, full: bool
+        self, kind: render.ChildKind, owner: render.Owner, name: str, *, read: bool
+    ) -> tuple[str, str] | None:
+        """The uid and resourceVersion of a child that must go, if this resource controls it:
+        read from the API server in a full pass, else as the watch cache has it (the delete
+        takes them as preconditions, so a stale cache never deletes what changed since)."""
+        if read:
+            existing = self.kube.get(kind, owner.namespace, name)
+            if existing is None or controller_uid(existing) != owner.uid:
+                return None
+            meta = existing["metadata"]
+            return meta["uid"], meta["resourceVersion"]
+        cached = self.children.get(kind, owner.namespace, name)
+        if cached is None or cached.controller != owner.uid:
+            return None
+        return cached.uid, cached.resource_version
+
+    def _delete_unwanted(
+        self, kind: render.ChildKind, owner: render.Owner, name: str, seen: tuple[str, str]
     ) -> bool:
-        """Whether a child that must go exists and is controlled by this resource (read from
-        the API server; a pass from the cache reads only what the cache says is there)."""
-        if not full:
-            cached = self.children.get(kind, owner.namespace, name)
-            if cached is None or cached.controller != owner.uid:
-                return False
-        existing = self.kube.get(kind, owner.namespace, name)
-        return existing is not None and controller_uid(existing) == owner.uid
+        """Delete a child that must go, as it was seen; if it changed since, read it again and
+        delete it only if this resource still controls it."""
+        try:
+            return self.kube.delete(
+                kind, owner.namespace, name, uid=seen[0], resource_version=seen[1]
+            )
+        except KubeError as error:
+            if error.status != 409:
+                raise
+        fresh = self._owned_unwanted(kind, owner, name, read=True)
+        if fresh is None:
+            return False
+        return self.kube.delete(
+            kind, owner.namespace, name, uid=fresh[0], resource_version=fresh[1]
+        )
 
 
 class _PodMetrics:
