@@ -68,6 +68,22 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection, switched off: it feeds change handlers (on.create, on.update),
+    and this operator has none (the controller compares generations itself). kopf builds the
+    diff base of every watch event all the same, a deep copy of the whole object: most of the
+    operator's CPU at 2,000 resources."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: Any) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings = _settings or load_settings([])
@@ -75,6 +91,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False
     # No CRD/namespace scanning: least privilege (the CRD is installed before the operator).
     settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
