@@ -136,7 +136,9 @@ def kube_apiserver(binary: Path, lay: Layout, ports: Ports) -> list[str]:
         # would keep rewriting the `kubernetes` Endpoints with it.
         "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
-        "--profiling=false",
+        # LOCALCLUSTER_PROFILING=1: /debug/pprof for admins (`kubectl get --raw
+        # "/debug/pprof/profile?seconds=30"`), to see where the API server's CPU goes.
+        f"--profiling={'true' if os.environ.get(PROFILING_ENV) == '1' else 'false'}",
         f"--cert-dir={lay.root / 'serving' / 'kube-apiserver'}",
         "--v=1",
     ]
@@ -146,6 +148,7 @@ def kube_apiserver(binary: Path, lay: Layout, ports: Ports) -> list[str]:
 # burst, pace any test that creates hundreds of objects): LOCALCLUSTER_KUBE_API_QPS=200 raises
 # both QPS and burst (burst = 2 x QPS) for the operator benchmark at scale.
 QPS_ENV = "LOCALCLUSTER_KUBE_API_QPS"
+PROFILING_ENV = "LOCALCLUSTER_PROFILING"
 
 
 def _client_rate_flags() -> list[str]:
