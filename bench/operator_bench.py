@@ -73,13 +73,16 @@ def _status_mib(pid: int, field: str) -> float:
     return float("nan")
 
 
+def _metrics_text(metrics_port: int) -> str:
+    """The operator's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        text: str = page.read().decode()
+    return text
+
+
 def _metric(metrics_port: int, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        .read()
-        .decode()
-    )
+    text = _metrics_text(metrics_port)
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     total = 0.0
     for line in text.splitlines():
@@ -92,11 +95,7 @@ def _metric(metrics_port: int, name: str, **labels: str) -> float:
 
 def _requests_by_call(metrics_port: int) -> dict[str, float]:
     """modeldeploy_api_requests_total per "VERB kind"."""
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        .read()
-        .decode()
-    )
+    text = _metrics_text(metrics_port)
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("modeldeploy_api_requests_total{"):
@@ -277,11 +276,7 @@ class Run:
             )
             del deployment["metadata"]["ownerReferences"]
             self.apps.create_namespaced_deployment(namespace, deployment)
-
-        def available(item: dict[str, Any]) -> bool:
-            return ((item.get("status") or {}).get("availableReplicas") or 0) == 1
-
-        _follow(self.apps.list_namespaced_deployment, namespace, count, available, timeout=1800)
+        self._deployments_available(namespace, count)
         return time.monotonic() - started
 
     def children(self, count: int, namespace: str) -> float:
@@ -303,12 +298,14 @@ class Run:
             for obj in render.render_children(render.Owner.from_body(body), spec, settings).wanted:
                 del obj["metadata"]["ownerReferences"]
                 create[obj["kind"]](namespace, obj)
+        self._deployments_available(namespace, count)
+        return time.monotonic() - started
 
+    def _deployments_available(self, namespace: str, count: int) -> None:
         def available(item: dict[str, Any]) -> bool:
             return ((item.get("status") or {}).get("availableReplicas") or 0) == 1
 
         _follow(self.apps.list_namespaced_deployment, namespace, count, available, timeout=1800)
-        return time.monotonic() - started
 
     def models(
         self, count: int, namespace: str, metrics_port: int | None = None
@@ -437,8 +434,9 @@ def _scenario(
     metrics_port: int,
     into: dict[str, Any],
 ) -> None:
-    """N bare Deployments, then N ModelDeployments: times to Ready, and for the large scenario
-    the operator's counters and every process's CPU time."""
+    """N bare Deployments, N sets of the same children created directly, then N
+    ModelDeployments: times to Ready, and for the large scenario the operator's counters and
+    every process's CPU time in each phase."""
     # The single-resource case is short and noisy: alternate and take the median.
     rounds = 1 if large else 5
     bares, plains, ours_ = [], [], []

@@ -167,7 +167,7 @@ def _stuck(container: Mapping[str, Any], init: bool) -> tuple[Reason, str] | Non
     if (
         "running" in state
         and _int(container.get("restartCount")) > 0
-        and _int(last.get("exitCode"))
+        and _int(last.get("exitCode")) != 0
     ):
         return crashed, _termination_detail(last)
     return None

@@ -27,6 +27,7 @@ from .operator_support import (
 )
 
 FILE_MODEL = {"uri": "file:///opt/models/iris/model.joblib", "version": "1"}
+SCALED = {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}
 
 
 def _reconciler(kubeconfig: Path, kube_class: type[Kube] = Kube) -> Reconciler:
@@ -175,8 +176,7 @@ def test_a_full_pass_reads_every_child_before_its_first_write(
     kube = reconciler.kube
     assert isinstance(kube, _RecordingKube)
     models = Models(api_client, namespace)
-    scaled = {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}
-    models.create("first", {"model": FILE_MODEL, "autoscaling": scaled})
+    models.create("first", {"model": FILE_MODEL, "autoscaling": SCALED})
     reconciler.reconcile(models.get("first"))
     autoscaling = client.AutoscalingV2Api(api_client)
     assert autoscaling.read_namespaced_horizontal_pod_autoscaler("first", namespace)
@@ -219,8 +219,7 @@ def _autoscaled_then_not(
 ) -> client.AutoscalingV2Api:
     """A resource whose HPA the reconciler applied and saw in its watch cache; then its spec
     drops autoscaling (the HPA must go)."""
-    scaled = {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}
-    models.create(name, {"model": FILE_MODEL, "autoscaling": scaled})
+    models.create(name, {"model": FILE_MODEL, "autoscaling": SCALED})
     reconciler.reconcile(models.get(name), inspect_pods=False)
     autoscaling = client.AutoscalingV2Api(api_client)
     hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler(name, models.namespace)
