@@ -719,23 +719,26 @@ class Reconciler:
 
     def _owned_unwanted(
         self, kind: render.ChildKind, owner: render.Owner, name: str, *, read: bool
-    ) -> tuple[str, str] | None:
-        """The uid and resourceVersion of a child that must go, if this resource controls it:
-        read from the API server in a full pass, else as the watch cache has it (the delete
-        takes them as preconditions, so a stale cache never deletes what changed since)."""
+    ) -> tuple[str, str | None] | None:
+        """The uid and resourceVersion of a child that must go, if this resource controls it,
+        as preconditions of its deletion.
+
+        Read from the API server (``read``), its uid alone: the object's controller writes its
+        status every few seconds (an HPA's, a PDB's), which moves the resourceVersion but not
+        the ownership just read. Else as the watch cache has it, with the resourceVersion too:
+        a stale cache never deletes what changed since (it is read again)."""
         if read:
             existing = self.kube.get(kind, owner.namespace, name)
             if existing is None or controller_uid(existing) != owner.uid:
                 return None
-            meta = existing["metadata"]
-            return meta["uid"], meta["resourceVersion"]
+            return existing["metadata"]["uid"], None
         cached = self.children.get(kind, owner.namespace, name)
         if cached is None or cached.controller != owner.uid:
             return None
         return cached.uid, cached.resource_version
 
     def _delete_unwanted(
-        self, kind: render.ChildKind, owner: render.Owner, name: str, seen: tuple[str, str]
+        self, kind: render.ChildKind, owner: render.Owner, name: str, seen: tuple[str, str | None]
     ) -> bool:
         """Delete a child that must go, as it was seen; if it changed since, read it again and
         delete it only if this resource still controls it."""
