@@ -9,7 +9,8 @@ happens before queueing.
 A background task on the same loop takes up to `batch` pairs at a time and posts each event over one
 keep-alive connection (`ce-type` io.modeldeploy.inference.request / .response, the same `ce-id` for
 both, `ce-modelname` / `ce-modelversion` extensions, the body `{"instances": ...}` /
-`{"predictions": ...}`). A failed post is retried with exponential backoff; when every attempt
+`{"predictions": ...}`). A post is retried with exponential backoff only when the sink certainly
+did not take the event (see `_deliver`), so the sink never gets an event twice; when every attempt
 fails the rest of the batch is counted failed without trying (the sink is down), so a dead sink
 costs a connection attempt per batch and a slow one at most `timeout` per event.
 `modelserver_payload_log_events_total{model,outcome}` counts sent, dropped and failed events.
@@ -55,17 +56,26 @@ class _Pair:
 
 
 class _Response:
-    """httptools callbacks: only whether the response is complete matters."""
+    """httptools callbacks: the sink's verdict is its status, known once the headers are in; the
+    rest is read only to reuse the connection."""
 
     def __init__(self) -> None:
+        self.headers_complete = False
         self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.headers_complete = True
 
     def on_message_complete(self) -> None:
         self.complete = True
 
 
 class SinkError(Exception):
-    """The sink did not take an event."""
+    """The sink did not take an event, or it is unknown whether it did."""
+
+
+class _NotTakenError(SinkError):
+    """The sink certainly did not take the event: sending it again cannot duplicate it."""
 
 
 class PayloadLogger:
@@ -179,36 +189,70 @@ class PayloadLogger:
                 ),
                 (RESPONSE_TYPE, codec.dumps({"predictions": codec.jsonable(pair.result)})),
             ):
-                if not await self._post_with_retries(pair, kind, body):
-                    # The sink is down: the rest of the batch is not tried (counted failed).
+                try:
+                    await self._deliver(pair, kind, body)
+                except (OSError, TimeoutError, SinkError, httptools.HttpParserError) as error:
+                    self._close()
+                    log.warning(
+                        "payload log: the sink did not take an event: %s", str(error) or "timeout"
+                    )
+                    # The sink is down or refuses: the rest of the batch is not tried (failed).
                     failed = 2 * (len(pairs) - position) - (1 if kind == RESPONSE_TYPE else 0)
                     self._counts["failed"] += failed
                     return
                 self._counts["sent"] += 1
 
-    async def _post_with_retries(self, pair: _Pair, kind: bytes, body: bytes) -> bool:
-        delay = self._backoff
-        for attempt in range(self._attempts):
-            try:
-                await asyncio.wait_for(self._post(pair, kind, body), self._timeout)
-            except (OSError, TimeoutError, SinkError, httptools.HttpParserError) as error:
-                self._close()
-                if attempt + 1 == self._attempts:
-                    log.warning(
-                        "payload log: the sink did not take an event: %s", error or "timeout"
-                    )
-                    return False
-                await asyncio.sleep(delay)
-                delay *= 2
-            else:
-                return True
-        return False
+    async def _deliver(self, pair: _Pair, kind: bytes, body: bytes) -> None:
+        """Posts one event, retrying while the sink certainly did not take it.
 
-    async def _post(self, pair: _Pair, kind: bytes, body: bytes) -> None:
+        An event the sink took must never be sent again (it would hold it twice), so only two
+        failures are retried: no connection could be opened (refused, unreachable, a failed TLS
+        handshake, or the connect timed out: not a byte of the event was sent), and a 5xx or 429
+        answer (the sink says it did not take it, and may later). Once the event was written,
+        anything else is final: a 2xx is sent; another answer is a refusal; and no answer (a
+        timeout, a reset, a close before the status line) is not retried either, because the
+        sink may have taken the event before it broke. A kept-alive connection the sink has
+        already closed is not written to (`_connect` opens a new one), so only a close racing
+        with the request costs an event.
+        """
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                await self._post(pair, kind, body)
+                return
+            except _NotTakenError:
+                self._close()
+                if attempt == self._attempts:
+                    raise
+            await asyncio.sleep(delay)
+            delay *= 2
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The kept-alive connection while the sink keeps it open, else a new one."""
+        if self._connection is not None and self._connection[0].at_eof():
+            self._close()  # the sink closed it while idle
         if self._connection is None:
             context = ssl.create_default_context() if self._secure else None
-            self._connection = await asyncio.open_connection(self._host, self._port, ssl=context)
-        reader, writer = self._connection
+            try:
+                self._connection = await asyncio.wait_for(
+                    asyncio.open_connection(self._host, self._port, ssl=context), self._timeout
+                )
+            except (OSError, TimeoutError) as error:
+                raise _NotTakenError(f"cannot connect: {str(error) or 'timeout'}") from error
+        return self._connection
+
+    async def _post(self, pair: _Pair, kind: bytes, body: bytes) -> None:
+        reader, writer = await self._connect()
+        await asyncio.wait_for(self._exchange(reader, writer, pair, kind, body), self._timeout)
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: _Pair,
+        kind: bytes,
+        body: bytes,
+    ) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pair.time)).encode()
         writer.write(
             b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\nce-id: %s\r\nce-type: %s\r\n"
@@ -230,11 +274,17 @@ class PayloadLogger:
         while not response.complete:
             data = await reader.read(65536)
             if not data:
-                raise SinkError("the sink closed the connection")
+                # An answer without a length ends when the sink closes (RFC 9112 section 6.3):
+                # with its headers in, it is complete (and one cut short still has its status).
+                if not response.headers_complete:
+                    raise SinkError("the sink closed the connection without answering")
+                break
             parser.feed_data(data)
-        status = parser.get_status_code()
-        if not parser.should_keep_alive():
+        if not (response.complete and parser.should_keep_alive()):
             self._close()
+        status = parser.get_status_code()
+        if status >= 500 or status == 429:
+            raise _NotTakenError(f"the sink answered {status}")
         if not 200 <= status < 300:
             raise SinkError(f"the sink answered {status}")
 

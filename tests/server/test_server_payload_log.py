@@ -3,11 +3,12 @@ bounded queue under a dead and a slow sink that drops and counts instead of hold
 
 from __future__ import annotations
 
+import collections
 import http.server
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,27 @@ from .test_server_monitoring import samples
 
 
 class Sink:
-    """An HTTP server that records every POST's headers and JSON body, optionally slowly."""
+    """An HTTP server that records every POST's headers and JSON body, optionally slowly.
 
-    def __init__(self, delay: float = 0.0) -> None:
+    By default it answers 202 with a length on a kept-alive connection (HTTP/1.1). With
+    `close_delimited` it speaks HTTP/1.0 and answers without a length, the answer ending when it
+    closes the connection (as Python's http.server and many small collectors do); `status` is
+    the status it answers; with `hang_up` it records the event and closes without answering.
+    """
+
+    def __init__(
+        self,
+        delay: float = 0.0,
+        *,
+        close_delimited: bool = False,
+        status: int = 202,
+        hang_up: bool = False,
+    ) -> None:
         self.events: list[tuple[dict[str, str], Any]] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+            protocol_version = "HTTP/1.0" if close_delimited else "HTTP/1.1"
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
@@ -35,8 +49,12 @@ class Sink:
                 owner.events.append(
                     ({k.lower(): v for k, v in self.headers.items()}, json.loads(body))
                 )
-                self.send_response(202)
-                self.send_header("content-length", "0")
+                if hang_up:
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                if not close_delimited:
+                    self.send_header("content-length", "0")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -52,10 +70,22 @@ class Sink:
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink()
-    yield server
-    server.close()
+def sinks() -> Iterator[Callable[..., Sink]]:
+    """Sinks made with `Sink`'s arguments, closed after the test."""
+    made: list[Sink] = []
+
+    def make(**kwargs: Any) -> Sink:
+        made.append(Sink(**kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def sink(sinks: Callable[..., Sink]) -> Sink:
+    return sinks()
 
 
 @pytest.fixture
@@ -118,6 +148,71 @@ def test_requests_and_responses_arrive_as_cloudevents_with_redacted_features(
     assert events_total(server) == {"sent": 4.0}
 
 
+def log_one_row_requests(server: ServerProcess, rows: int, first: int = 0) -> None:
+    """`rows` requests of one row each (rows `first`, `first` + 1, ...), then waits until every
+    event so far is counted."""
+    counted = sum(events_total(server).values())
+    for row in range(first, first + rows):
+        response = post_json(server.port, "/v1/models/iris:predict", v1_body(IRIS_X[row : row + 1]))
+        assert response.status == 200
+    wait_for(lambda: sum(events_total(server).values()) >= counted + 2 * rows)
+
+
+def posts_per_event(sink: Sink) -> collections.Counter[tuple[str, str]]:
+    """How many times the sink received each event (by id and type)."""
+    return collections.Counter((headers["ce-id"], headers["ce-type"]) for headers, _ in sink.events)
+
+
+@pytest.mark.parametrize("close_delimited", [True, False], ids=["close-delimited", "keep-alive"])
+def test_every_request_and_response_arrive_once_and_are_counted_sent(
+    serve: Any, sinks: Callable[..., Sink], models: Models, close_delimited: bool
+) -> None:
+    sink = sinks(close_delimited=close_delimited)
+    server = serve("--payload-log-url", sink.url)
+    log_one_row_requests(server, 40)
+
+    assert set(posts_per_event(sink).values()) == {1}
+    assert len(sink.events) == 80
+    by_id: dict[str, dict[str, Any]] = {}
+    for headers, body in sink.events:
+        by_id.setdefault(headers["ce-id"], {})[headers["ce-type"]] = body
+    received = []
+    for pair in by_id.values():
+        rows = pair["io.modeldeploy.inference.request"]["instances"]
+        assert pair["io.modeldeploy.inference.response"] == {
+            "predictions": models.iris.predict(rows).tolist()
+        }
+        received += rows
+    assert sorted(received) == sorted(IRIS_X[:40].tolist())
+    assert events_total(server) == {"sent": 80.0}
+
+
+def test_a_sink_answering_503_gets_bounded_retries_and_each_event_counted_failed_once(
+    serve: Any, sinks: Callable[..., Sink]
+) -> None:
+    sink = sinks(status=503)
+    server = serve("--payload-log-url", sink.url)
+    log_one_row_requests(server, 10)
+
+    assert events_total(server) == {"failed": 20.0}
+    # 503 says the sink did not take the event: it is tried 3 times (PayloadLogger's attempts),
+    # then the rest of its batch is counted failed without being sent.
+    posts = posts_per_event(sink)
+    assert set(posts.values()) == {3}
+    assert {kind for _, kind in posts} == {"io.modeldeploy.inference.request"}
+
+
+def test_a_sink_that_takes_events_without_answering_never_gets_one_twice(
+    serve: Any, sinks: Callable[..., Sink]
+) -> None:
+    sink = sinks(hang_up=True)  # it may have kept what it read: sending it again would duplicate
+    server = serve("--payload-log-url", sink.url)
+    log_one_row_requests(server, 10)
+
+    assert events_total(server) == {"failed": 20.0}  # a failed event ends its batch
+    assert set(posts_per_event(sink).values()) == {1}
+
+
 def test_sampling_logs_about_the_configured_share(serve: Any, sink: Sink) -> None:
     server = serve("--payload-log-url", sink.url, "--payload-log-sample-rate", "0.3")
     for _ in range(300):
@@ -163,19 +258,18 @@ def test_a_dead_sink_drops_and_counts_with_memory_flat(serve: Any) -> None:
     assert after - before < 8 * 1024 * 1024, (before, after)
 
 
-def test_a_slow_sink_gets_what_it_can_and_the_rest_is_dropped(serve: Any) -> None:
-    slow = Sink(delay=0.05)
-    try:
-        server = serve("--payload-log-url", slow.url, "--payload-log-max-queue", "20")
-        send_many(server, 400)
-        counts = events_total(server)
-        assert counts["dropped"] > 0
-        wait_for(lambda: events_total(server).get("sent", 0) >= 20)
-        sent = events_total(server)["sent"]
-        assert len(slow.events) >= sent  # the sink records an event before it answers
-        assert counts["dropped"] + sent <= 800
-    finally:
-        slow.close()
+def test_a_slow_sink_gets_what_it_can_and_the_rest_is_dropped(
+    serve: Any, sinks: Callable[..., Sink]
+) -> None:
+    slow = sinks(delay=0.05)
+    server = serve("--payload-log-url", slow.url, "--payload-log-max-queue", "20")
+    send_many(server, 400)
+    counts = events_total(server)
+    assert counts["dropped"] > 0
+    wait_for(lambda: events_total(server).get("sent", 0) >= 20)
+    sent = events_total(server)["sent"]
+    assert len(slow.events) >= sent  # the sink records an event before it answers
+    assert counts["dropped"] + sent <= 800
 
 
 def test_redacting_a_feature_name_the_model_lacks_stops_the_server(
