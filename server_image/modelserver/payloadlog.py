@@ -56,18 +56,22 @@ class _Pair:
 
 
 class _Response:
-    """httptools callbacks: the sink's verdict is its status, known once the headers are in; the
-    rest is read only to reuse the connection."""
+    """The sink's answer, parsed by httptools. Its verdict is the status, known once the headers
+    are in; the rest is read only to tell whether the connection can be used again, which
+    httptools only answers while the message completes (after that, always False)."""
 
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
         self.headers_complete = False
         self.complete = False
+        self.keep_alive = False
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class SinkError(Exception):
@@ -270,7 +274,6 @@ class PayloadLogger:
         )
         await writer.drain()
         response = _Response()
-        parser = httptools.HttpResponseParser(response)
         while not response.complete:
             data = await reader.read(65536)
             if not data:
@@ -279,10 +282,10 @@ class PayloadLogger:
                 if not response.headers_complete:
                     raise SinkError("the sink closed the connection without answering")
                 break
-            parser.feed_data(data)
-        if not (response.complete and parser.should_keep_alive()):
+            response.parser.feed_data(data)
+        if not response.keep_alive:
             self._close()
-        status = parser.get_status_code()
+        status = response.parser.get_status_code()
         if status >= 500 or status == 429:
             raise _NotTakenError(f"the sink answered {status}")
         if not 200 <= status < 300:

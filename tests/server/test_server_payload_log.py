@@ -26,7 +26,8 @@ class Sink:
     By default it answers 202 with a length on a kept-alive connection (HTTP/1.1). With
     `close_delimited` it speaks HTTP/1.0 and answers without a length, the answer ending when it
     closes the connection (as Python's http.server and many small collectors do); `status` is
-    the status it answers; with `hang_up` it records the event and closes without answering.
+    the status it answers; with `hang_up` it records the event and closes without answering;
+    `idle_timeout` closes a kept-alive connection idle that long.
     """
 
     def __init__(
@@ -36,12 +37,15 @@ class Sink:
         close_delimited: bool = False,
         status: int = 202,
         hang_up: bool = False,
+        idle_timeout: float | None = None,
     ) -> None:
         self.events: list[tuple[dict[str, str], Any]] = []
+        self.peers: list[tuple[str, int]] = []  # each event's client address (its connection)
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0" if close_delimited else "HTTP/1.1"
+            timeout = idle_timeout
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
@@ -49,6 +53,7 @@ class Sink:
                 owner.events.append(
                     ({k.lower(): v for k, v in self.headers.items()}, json.loads(body))
                 )
+                owner.peers.append(self.client_address)
                 if hang_up:
                     self.close_connection = True
                     return
@@ -185,6 +190,22 @@ def test_every_request_and_response_arrive_once_and_are_counted_sent(
         received += rows
     assert sorted(received) == sorted(IRIS_X[:40].tolist())
     assert events_total(server) == {"sent": 80.0}
+    # One connection for all events when the sink keeps it alive, one per event when it closes.
+    assert len(set(sink.peers)) == (80 if close_delimited else 1)
+
+
+def test_a_kept_alive_connection_the_sink_closed_while_idle_is_not_reused(
+    serve: Any, sinks: Callable[..., Sink]
+) -> None:
+    sink = sinks(idle_timeout=0.1)
+    server = serve("--payload-log-url", sink.url)
+    for row in range(5):
+        log_one_row_requests(server, 1, first=row)  # each waits 0.6 s or more for /metrics
+
+    assert events_total(server) == {"sent": 10.0}
+    assert set(posts_per_event(sink).values()) == {1}
+    assert len(sink.events) == 10
+    assert len(set(sink.peers)) == 5  # a pair's two events share a connection
 
 
 def test_a_sink_answering_503_gets_bounded_retries_and_each_event_counted_failed_once(
