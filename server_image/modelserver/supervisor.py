@@ -6,11 +6,15 @@ so that workers start fast and share those pages. Forking is only safe while no 
 exist, so BLAS and OpenMP pools are limited to one thread first (one thread per worker is also what
 suits workers sharing the cores). A single worker imports that code itself, after the fork, and
 keeps the libraries' own thread pools.
+
+Workers die with the supervisor, however it dies (see `_die_with`), so none is left holding the
+port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -39,6 +43,7 @@ _RESTART_WINDOW = 60.0
 _POLL_SECONDS = 0.05  # how often signals are looked at while the health listener waits for probes
 # After the workers' own drain delay and graceful timeout, how long before they are killed.
 KILL_MARGIN_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 # Worker exit codes that mean "this can never work": stop instead of restarting.
 _FATAL_EXIT_CODES = {
     termination.EXIT_LOAD_FAILED: "the model could not be loaded",
@@ -118,6 +123,23 @@ def _workers_metrics() -> tuple[bytes, bytes]:
     return render_directory()
 
 
+def _die_with(parent: int) -> None:
+    """Has the kernel SIGKILL this worker when `parent`, its supervisor, dies: even a SIGKILLed
+    supervisor, which cannot stop its workers, leaves none behind (Linux's prctl; the server
+    needs Linux anyway, for sigtimedwait). SIGKILL rather than SIGTERM: with the supervisor gone
+    nothing answers the probes or would kill a worker whose drain hangs.
+
+    The signal comes when the thread that forked the worker ends, so workers are forked on the
+    supervisor's main thread only. If the supervisor died between the fork and prctl, no signal
+    will come, but the worker has already been handed to another parent: it kills itself.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _prepare_metrics_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
@@ -195,10 +217,12 @@ class _Supervisor:
 
     def _spawn(self, index: int) -> None:
         self._readiness.mark_unloaded(index)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _die_with(parent)
                 if self._health is not None:
                     self._health.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -133,6 +135,45 @@ def test_a_crashed_worker_is_replaced(models: Models, tmp_path: Path) -> None:
     finally:
         server.stop()
     assert server.wait_exit() == 0
+
+
+def test_workers_exit_when_the_supervisor_is_killed(models: Models, tmp_path: Path) -> None:
+    server = ServerProcess(models.path("iris.joblib"), tmp_path, workers=3).start()
+    workers: list[psutil.Process] = []
+    try:
+        server.wait_ready()
+        workers = psutil.Process(server.pid).children()
+        assert len(workers) == 3
+        os.kill(server.pid, signal.SIGKILL)  # the supervisor cannot tell its workers anything
+        server.wait_exit()
+        killed = time.monotonic()
+        while any(map(is_running, workers)) or not all(
+            map(port_is_free, (server.port, server.health_port))
+        ):
+            assert time.monotonic() - killed < 2, [w.pid for w in workers if is_running(w)]
+            time.sleep(0.02)
+    finally:
+        for worker in filter(is_running, workers):  # a failed run leaves none behind
+            worker.kill()
+
+
+def is_running(process: psutil.Process) -> bool:
+    """Whether the process runs (a zombie nobody reaped does not)."""
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a new server could listen on the port of 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_sigterm_drains_without_failing_accepted_requests(models: Models, tmp_path: Path) -> None:
