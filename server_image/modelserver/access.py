@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from modelserver import auth, codec, ratelimit
+from modelserver import auth, ratelimit
 from modelserver.dataplane import JSON, Client, DataPlane, Reply
+from modelserver.protocols import codec
 
 OPEN_PATHS = frozenset((b"/", b"/v2/health/live", b"/v2/health/ready", b"/metrics"))
 

@@ -9,7 +9,7 @@ worker holds nothing else, so that a cap below the body-size limit refuses nothi
 
 from __future__ import annotations
 
-from modelserver.errors import UnavailableError
+from modelserver.core.errors import UnavailableError
 
 
 class Budget:

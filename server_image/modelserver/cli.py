@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from modelserver import config, logs, supervisor, termination
+from modelserver import config, supervisor
+from modelserver.core import logs, termination
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         return profile.run(profile_config)
     if command == "fetch":
         logs.configure(fetch_config.log_level)
-        from modelserver import fetch  # noqa: PLC0415 - boto3 is imported only by the fetcher.
+        from modelserver.fetching import fetch  # noqa: PLC0415 - boto3 is imported only by the fetcher.
 
         return fetch.run(fetch_config)
     logs.configure(serve_config.log_level)

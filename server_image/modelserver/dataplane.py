@@ -21,9 +21,9 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from modelserver import __version__, batching, codec, drift, monitoring, payloadlog, runtime, v1, v2
+from modelserver import __version__, drift, monitoring, payloadlog
 from modelserver.admission import Admission
-from modelserver.errors import (
+from modelserver.core.errors import (
     BadRequestError,
     InternalError,
     NotFoundError,
@@ -32,6 +32,8 @@ from modelserver.errors import (
 )
 from modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modelserver.metrics import Metrics
+from modelserver.protocols import codec, v1, v2
+from modelserver.runtimes import batching, runtime
 
 log = logging.getLogger(__name__)
 

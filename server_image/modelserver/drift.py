@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from modelserver import loader, runtime
-from modelserver.errors import ModelLoadError
+from modelserver.core.errors import ModelLoadError
+from modelserver.runtimes import loader, runtime
 
 PROFILE_FORMAT = "modelserver-profile/v1"
 PSI_FLOOR = 1e-4

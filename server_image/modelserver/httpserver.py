@@ -26,8 +26,7 @@ import httptools
 
 from modelserver.access import Gate, is_open
 from modelserver.admission import Admission
-from modelserver.dataplane import Client, DataPlane, Reply, error_reply
-from modelserver.errors import (
+from modelserver.core.errors import (
     BadRequestError,
     HeadersTooLargeError,
     InternalError,
@@ -37,6 +36,7 @@ from modelserver.errors import (
     RequestError,
     UnavailableError,
 )
+from modelserver.dataplane import Client, DataPlane, Reply, error_reply
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modelserver.access")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from modelserver import runtime
+from modelserver.runtimes import runtime
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import httptools
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from modelserver import codec
+from modelserver.protocols import codec
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from modelserver import drift, loader, runtime
+from modelserver import drift
 from modelserver.config import ProfileConfig
-from modelserver.errors import ModelLoadError
+from modelserver.core.errors import ModelLoadError
+from modelserver.runtimes import loader, runtime
 
 log = logging.getLogger(__name__)
 

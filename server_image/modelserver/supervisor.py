@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelserver import ratelimit, termination
+from modelserver import ratelimit
 from modelserver.config import ServeConfig
+from modelserver.core import termination
 from modelserver.probes import HealthListener
 from modelserver.readiness import Readiness
 
@@ -83,7 +84,8 @@ def serve(config: ServeConfig) -> int:
 
 def _import_worker(config: ServeConfig) -> WorkerMain:
     """The worker code, imported with what loading the model format needs."""
-    from modelserver import loader, worker  # noqa: PLC0415 - after the environment is set, see above.
+    from modelserver import worker  # noqa: PLC0415 - after the environment is set, see above.
+    from modelserver.runtimes import loader  # noqa: PLC0415 - after the environment is set, see above.
 
     loader.prepare(config.model_format)
     return worker.run

@@ -26,25 +26,16 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import (
-    access,
-    auth,
-    drift,
-    kubeapi,
-    loader,
-    payloadlog,
-    ratelimit,
-    runtime,
-    termination,
-    tls,
-)
+from modelserver import access, auth, drift, kubeapi, payloadlog, ratelimit, tls
 from modelserver.admission import Admission
 from modelserver.config import ServeConfig
+from modelserver.core import termination
+from modelserver.core.errors import ModelLoadError
 from modelserver.dataplane import DataPlane
-from modelserver.errors import ModelLoadError
 from modelserver.httpserver import HttpServer, Router
 from modelserver.metrics import FLUSH_INTERVAL_SECONDS, Metrics
 from modelserver.readiness import Readiness
+from modelserver.runtimes import loader, runtime
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from modelserver import config, fetch
+from modelserver import config
+from modelserver.fetching import fetch
 
 from .support import free_port, s3_server
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from modelserver import config, fetch, uris
+from modelserver import config, uris
+from modelserver.fetching import fetch
 
 from .local_http import Handler, LocalServer, ThrowawayCA, pause, redirect, send, serve
 

@@ -24,8 +24,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from modelserver import loader
-from modelserver.errors import ModelLoadError
+from modelserver.core.errors import ModelLoadError
+from modelserver.runtimes import loader
 
 from .support import IRIS_X, Models, ServerProcess, digest_of
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelserver import codec
-from modelserver.errors import BadRequestError
-from modelserver.runtime import PREDICT, PREDICT_PROBA
+from modelserver.core.errors import BadRequestError
+from modelserver.protocols import codec
+from modelserver.runtimes.runtime import PREDICT, PREDICT_PROBA
 
 
 def decode(body: bytes, n_features: int | None) -> tuple[np.ndarray, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelserver.errors import BadRequestError
+from modelserver.core.errors import BadRequestError
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

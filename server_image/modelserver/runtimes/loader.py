@@ -23,8 +23,9 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from modelserver import digest, forest, linear, runtime
-from modelserver.errors import ModelLoadError
+from modelserver.core import digest
+from modelserver.core.errors import ModelLoadError
+from modelserver.runtimes import forest, linear, runtime
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _FILE_NAMES = {"joblib": ("model.joblib", "model.pkl", "model.pickle"), "skops": ("model.skops",)}

@@ -1,4 +1,4 @@
-"""Trains the image's example model: `python -m modelserver.example --out DIR`.
+"""Trains the image's example model: `python -m modelserver.runtimes.example --out DIR`.
 
 The image is built with this (no model binary is committed): a StandardScaler + LogisticRegression
 pipeline on scikit-learn's bundled iris data, saved as DIR/model.joblib and DIR/model.skops, with
@@ -52,7 +52,9 @@ def save(model: Any, out: Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m modelserver.example", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver.runtimes.example", description=__doc__
+    )
     parser.add_argument("--out", required=True, type=Path, help="directory to write the model to")
     parser.add_argument("--kind", choices=("logreg", "forest"), default="logreg")
     parser.add_argument("--seed", type=int, default=0)

@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelserver import __version__, digest, termination, uris
+from modelserver import __version__, uris
 from modelserver.config import FetchConfig
-from modelserver.errors import FetchError
+from modelserver.core import digest, termination
+from modelserver.core.errors import FetchError
 
 log = logging.getLogger(__name__)
 

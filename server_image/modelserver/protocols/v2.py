@@ -14,9 +14,9 @@ import struct
 
 import numpy as np
 
-from modelserver import codec
-from modelserver.errors import BadRequestError
-from modelserver.runtime import PREDICT, PREDICT_PROBA
+from modelserver.core.errors import BadRequestError
+from modelserver.protocols import codec
+from modelserver.runtimes.runtime import PREDICT, PREDICT_PROBA
 
 OUTPUT_NAMES = (PREDICT, PREDICT_PROBA)
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modelserver.errors import BadRequestError, InternalError, RequestError, UnavailableError
+from modelserver.core.errors import BadRequestError, InternalError, RequestError, UnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Downloading the model before the server starts (init container); imports only core and uris."""

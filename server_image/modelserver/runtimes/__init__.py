@@ -1,0 +1,1 @@
+"""Loading and calling a model: runtime, forest and linear fast paths, batcher; imports core."""
