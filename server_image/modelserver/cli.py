@@ -10,8 +10,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from modelserver import config, supervisor
+from modelserver import config
 from modelserver.core import logs, termination
+from modelserver.process import supervisor
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         return 2
     if command == "profile":
         logs.configure(profile_config.log_level)
-        from modelserver import profile  # noqa: PLC0415 - scikit-learn only when profiling.
+        from modelserver.monitoring import profile  # noqa: PLC0415 - scikit-learn only when profiling.
 
         return profile.run(profile_config)
     if command == "fetch":
@@ -58,7 +59,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
 def preflight(serve_config: config.ServeConfig, env: Mapping[str, str]) -> str | None:
     """Why the access settings cannot work (unreadable certificate, no API server), if so: found
     before any worker starts, reported like a bad flag."""
-    from modelserver import kubeapi, tls  # noqa: PLC0415 - only servers that use them.
+    from modelserver.access import kubeapi, tls  # noqa: PLC0415 - only servers that use them.
 
     settings = serve_config.access
     if settings.tls_cert_file and settings.tls_key_file:

@@ -18,7 +18,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 
-from modelserver import drift
+from modelserver.monitoring import drift
 
 from .support import ServerProcess, post_json, running, v1_body, v2_body
 from .test_server_monitoring import samples

@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from modelserver.readiness import Readiness
+from modelserver.process.readiness import Readiness
 
 LIVE = b"/v2/health/live"
 READY = b"/v2/health/ready"

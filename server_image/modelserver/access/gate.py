@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from modelserver import auth, ratelimit
-from modelserver.dataplane import JSON, Client, DataPlane, Reply
+from modelserver.access import auth, ratelimit
 from modelserver.protocols import codec
+from modelserver.serving.dataplane import JSON, Client, DataPlane, Reply
 
 OPEN_PATHS = frozenset((b"/", b"/v2/health/live", b"/v2/health/ready", b"/metrics"))
 

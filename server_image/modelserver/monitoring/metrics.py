@@ -143,7 +143,7 @@ class Metrics:
         return None if self._multiprocess else self._registry
 
     def also_flush(self, flush: Callable[[], None]) -> None:
-        """Has `flush()` call `flush` too (metrics kept by other modules, e.g. monitoring.py)."""
+        """Has `flush()` call `flush` too (metrics kept by other modules, e.g. predictions.py)."""
         self._also_flush.append(flush)
 
     def observe_request(self, protocol: str, status: int, seconds: float) -> None:

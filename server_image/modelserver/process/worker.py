@@ -26,16 +26,17 @@ from collections.abc import Callable
 
 import threadpoolctl  # type: ignore[import-untyped]
 
-from modelserver import access, auth, drift, kubeapi, payloadlog, ratelimit, tls
-from modelserver.admission import Admission
+from modelserver.access import auth, gate, kubeapi, ratelimit, tls
 from modelserver.config import ServeConfig
 from modelserver.core import termination
 from modelserver.core.errors import ModelLoadError
-from modelserver.dataplane import DataPlane
-from modelserver.httpserver import HttpServer, Router
-from modelserver.metrics import FLUSH_INTERVAL_SECONDS, Metrics
-from modelserver.readiness import Readiness
+from modelserver.http.server import HttpServer, Router
+from modelserver.monitoring import drift, payloadlog
+from modelserver.monitoring.metrics import FLUSH_INTERVAL_SECONDS, Metrics
+from modelserver.process.readiness import Readiness
 from modelserver.runtimes import loader, runtime
+from modelserver.serving.admission import Admission
+from modelserver.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _gate(
     plane: DataPlane,
     metrics: Metrics,
     limiter: ratelimit.RateLimiter | None,
-) -> access.Gate | None:
+) -> gate.Gate | None:
     """The rate limit and the token check, when configured (cli.preflight checked the API)."""
     settings = config.access
     authorizer = None
@@ -162,7 +163,7 @@ def _gate(
         )
     if limiter is None and authorizer is None:
         return None
-    return access.Gate(plane, limiter=limiter, authorizer=authorizer)
+    return gate.Gate(plane, limiter=limiter, authorizer=authorizer)
 
 
 def _certificate(

@@ -21,8 +21,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from modelserver import __version__, drift, monitoring, payloadlog
-from modelserver.admission import Admission
+from modelserver import __version__
 from modelserver.core.errors import (
     BadRequestError,
     InternalError,
@@ -30,10 +29,12 @@ from modelserver.core.errors import (
     RequestError,
     UnavailableError,
 )
-from modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from modelserver.metrics import Metrics
+from modelserver.monitoring import drift, payloadlog, predictions
+from modelserver.monitoring.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modelserver.monitoring.metrics import Metrics
 from modelserver.protocols import codec, v1, v2
 from modelserver.runtimes import batching, runtime
+from modelserver.serving.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class DataPlane:
         max_batch_size, max_wait, max_queue_depth = self._batch_settings
         self._batcher = batching.Batcher(
             self._loop,
-            monitoring.observed(model.run, self._observers(model, reference)),
+            predictions.observed(model.run, self._observers(model, reference)),
             max_batch_size=max_batch_size,
             max_wait_seconds=max_wait,
             max_queue_depth=max_queue_depth,
@@ -218,7 +219,7 @@ class DataPlane:
 
     def _observers(
         self, model: runtime.SklearnRuntime, reference: drift.Profile | None
-    ) -> list[monitoring.Observer]:
+    ) -> list[predictions.Observer]:
         """What watches every predict call: the predictions per class or value, and the drift
         against the reference profile."""
         info = model.info
@@ -226,14 +227,14 @@ class DataPlane:
             return []  # multi-output classifiers: one set of classes per output, not counted
         classes = info.classes if info.is_classifier else None
         registry = self._metrics.registry
-        value_buckets = monitoring.DEFAULT_VALUE_BUCKETS
+        value_buckets = predictions.DEFAULT_VALUE_BUCKETS
         if reference is not None and reference.prediction_edges:
             value_buckets = reference.prediction_edges  # the histogram then shows the PSI bins
         name, version = self.model_name, self.model_version
-        counter = monitoring.PredictionCounter(
+        counter = predictions.PredictionCounter(
             registry, model=name, version=version, classes=classes, value_buckets=value_buckets
         )
-        observers: list[monitoring.Observer] = [counter.observe]
+        observers: list[predictions.Observer] = [counter.observe]
         self._metrics.also_flush(counter.flush)
         if reference is not None:
             watch = drift.DriftMonitor(

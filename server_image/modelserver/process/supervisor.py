@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelserver import ratelimit
+from modelserver.access import ratelimit
 from modelserver.config import ServeConfig
 from modelserver.core import termination
-from modelserver.probes import HealthListener
-from modelserver.readiness import Readiness
+from modelserver.process.probes import HealthListener
+from modelserver.process.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def serve(config: ServeConfig) -> int:
 
 def _import_worker(config: ServeConfig) -> WorkerMain:
     """The worker code, imported with what loading the model format needs."""
-    from modelserver import worker  # noqa: PLC0415 - after the environment is set, see above.
+    from modelserver.process import worker  # noqa: PLC0415 - after the environment is set, see above.
     from modelserver.runtimes import loader  # noqa: PLC0415 - after the environment is set, see above.
 
     loader.prepare(config.model_format)
@@ -120,7 +120,7 @@ def _port_in_use(host: str, port: int) -> str | None:
 def _workers_metrics() -> tuple[bytes, bytes]:
     """Every worker's metrics, for the health port's /metrics (the supervisor counts nothing)."""
     # Imported here: prometheus_client must first be imported once PROMETHEUS_MULTIPROC_DIR is set.
-    from modelserver.metrics import render_directory  # noqa: PLC0415
+    from modelserver.monitoring.metrics import render_directory  # noqa: PLC0415
 
     return render_directory()
 

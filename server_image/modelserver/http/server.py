@@ -24,8 +24,7 @@ import urllib.parse
 
 import httptools
 
-from modelserver.access import Gate, is_open
-from modelserver.admission import Admission
+from modelserver.access.gate import Gate, is_open
 from modelserver.core.errors import (
     BadRequestError,
     HeadersTooLargeError,
@@ -36,7 +35,8 @@ from modelserver.core.errors import (
     RequestError,
     UnavailableError,
 )
-from modelserver.dataplane import Client, DataPlane, Reply, error_reply
+from modelserver.serving.admission import Admission
+from modelserver.serving.dataplane import Client, DataPlane, Reply, error_reply
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modelserver.access")
@@ -73,7 +73,7 @@ class Router:
 
     def __init__(self, plane: DataPlane, gate: Gate | None = None) -> None:
         self._plane = plane
-        self._gate = gate  # rate limit and authorization (access.py), when configured
+        self._gate = gate  # rate limit and authorization (access/gate.py), when configured
         self._static = {
             b"/": plane.root,
             b"/v1/models": plane.models_v1,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from modelserver import kubeapi
+from modelserver.access import kubeapi
 
 log = logging.getLogger(__name__)
 
