@@ -202,8 +202,10 @@ def _counters(metrics_port: int) -> dict[str, float]:
         ),
         "child_events": _metric(metrics_port, "modeldeploy_watch_events_total")
         - _metric(metrics_port, "modeldeploy_watch_events_total", kind=api.KIND),
-        "deployments_applied": _metric(
-            metrics_port, "modeldeploy_api_writes_total", kind="Deployment", verb="apply"
+        # A new resource's Deployment is created; a changed one applied.
+        "deployments_applied": sum(
+            _metric(metrics_port, "modeldeploy_api_writes_total", kind="Deployment", verb=verb)
+            for verb in ("create", "apply")
         ),
     }
 

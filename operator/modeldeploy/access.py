@@ -129,6 +129,28 @@ def render_server_account(metadata: Obj) -> Obj:
     }
 
 
+NAMESPACE_LABEL = "serving.modeldeploy.io/namespace"
+
+
+def orphaned_bindings(
+    bindings: list[Obj], wanted: set[tuple[str, str]], namespaces: tuple[str, ...]
+) -> list[Obj]:
+    """The token-review bindings that no live resource with auth on wants: (namespace, name)
+    of those in ``wanted``; only bindings of the watched ``namespaces`` (all when empty)."""
+    orphans = []
+    for binding in bindings:
+        subjects = binding.get("subjects") or []
+        if (binding.get("roleRef") or {}).get("name") != TOKEN_REVIEWER_ROLE or len(subjects) != 1:
+            continue  # not one of ours
+        # The one subject is the resource's server account, named after the resource.
+        namespace, name = subjects[0].get("namespace"), subjects[0].get("name")
+        if namespaces and namespace not in namespaces:
+            continue  # another operator's (a namespaced install) or not watched
+        if (namespace, name) not in wanted:
+            orphans.append(binding)
+    return orphans
+
+
 def render_reviewer_binding(name: str, namespace: str, labels: dict[str, str]) -> Obj:
     """Binds the server account to the token-reviewer ClusterRole. Cluster-scoped, so it can
     have no owner reference to the (namespaced) resource: the operator deletes it itself."""
@@ -137,7 +159,7 @@ def render_reviewer_binding(name: str, namespace: str, labels: dict[str, str]) -
         "kind": "ClusterRoleBinding",
         "metadata": {
             "name": reviewer_binding_name(namespace, name),
-            "labels": {**labels, "serving.modeldeploy.io/namespace": namespace},
+            "labels": {**labels, NAMESPACE_LABEL: namespace},
         },
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",

@@ -876,6 +876,15 @@ class CanaryAnalysisStatus(Model):
     """When the verdict was made."""
 
 
+class DriftStatus(Model):
+    """The drift verdict's pending change, kept in status so that a restarted operator (or a
+    new leader) does not start the sustain period over."""
+
+    pending_since: str | None = None
+    """Since when the pods' PSI figures disagree with ModelDrift; it flips once this is
+    monitoring.driftWindowSeconds old."""
+
+
 class CanaryStatus(Model):
     """Progress of a canary rollout; the operator resumes from it after a restart."""
 
@@ -964,6 +973,10 @@ class ModelDeploymentStatus(Model):
 
     canary: CanaryStatus | None = None
     """The canary rollout in progress, or the last one."""
+
+    drift: DriftStatus | None = None
+    """Since when the pods' drift figures disagree with ModelDrift (with a reference profile
+    only)."""
 
 
 class ModelDeployment(

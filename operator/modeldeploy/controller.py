@@ -2,15 +2,20 @@
 
 The kopf handlers only hand raw watch events to ``Controller`` on the event loop; reconciles run
 in worker threads (``asyncio.to_thread``), one per resource at a time, with backoff on failure:
-- a ModelDeployment's spec change (generation), creation or first listing: a full pass that
-  reads every child from the API server;
+- a ModelDeployment's creation or spec change (generation): a pass from the watch cache,
+  whose writes carry preconditions (a new resource costs its creates and one status write);
+- its first listing (the operator starts, or its watch restarted): a full pass that reads
+  every child from the API server;
 - a child's event: a pass from the cache (no read at all for an idle resource);
 - a failure (an API error, a refused child, a name conflict): retried with exponential,
   jittered backoff until the children match; permanent refusals no sooner than
   ``PERMANENT_RETRY_SECONDS``;
 - an unsettled resource (rolling out, crash-looping pods): looked at again after 5 s to 60 s;
 - every resource: a full resync about every ``resync_seconds`` (jittered), which repairs what a
-  missed watch event hid and writes nothing when nothing differs.
+  missed watch event hid and writes nothing when nothing differs;
+- the token-review ClusterRoleBindings (cluster-scoped, so not garbage-collected): every
+  ``resync_seconds`` those no live resource wants are deleted (their resource went while the
+  operator was down).
 Nothing is remembered for a resource once its DELETED event arrives.
 """
 
@@ -72,13 +77,36 @@ class Controller:
         self._last_full: dict[Key, float] = {}
         self._unsettled: dict[Key, int] = {}
         self._unsettled_since: dict[Key, float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.queue.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_bindings())
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.queue.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _sweep_bindings(self) -> None:
+        """Every resync period, from start-up on: the token-review bindings no live resource
+        wants go (their resource was deleted while no operator ran)."""
+        loop = asyncio.get_running_loop()
+        namespaces = self.reconciler.settings.namespaces
+        while True:
+            try:
+                swept = await loop.run_in_executor(
+                    self._executor, self.reconciler.sweep_bindings, namespaces
+                )
+                for name in swept:
+                    logger.info("deleted the orphaned token-review binding %s", name)
+            except KubeError as error:
+                if error.status == 403:  # an install without auth: Kubernetes (rbac-auth.yaml)
+                    logger.info("no token-review bindings to sweep: %s", error.message)
+                    return
+                logger.warning("cannot sweep the token-review bindings: %s", error.message)
+            await asyncio.sleep(jittered(self.resync_seconds))
 
     # --- watch events ----------------------------------------------------------------------
 
@@ -104,7 +132,9 @@ class Controller:
         ):
             # Status-only and metadata-only changes (the operator's own status writes among
             # them) need no pass.
-            self._full.add(key)
+            if event_type is None:  # listed: the children's watches may not have caught up
+                self._full.add(key)
+            self._last_full.setdefault(key, time.monotonic())
             self._from_event.add(key)
             self.queue.add(key)
 
@@ -157,7 +187,8 @@ class Controller:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return Result()  # gone, or being garbage-collected with its children
         now = time.monotonic()
-        full = key in self._full or now - self._last_full.get(key, 0.0) >= self.resync_seconds
+        last_full = self._last_full.setdefault(key, now)
+        full = key in self._full or now - last_full >= self.resync_seconds
         self._full.discard(key)
         from_event = key in self._from_event
         self._from_event.discard(key)

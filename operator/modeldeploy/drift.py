@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from modeldeploy import api
 
 CHECK_SECONDS = 60.0  # how often a resource with a reference profile is looked at, at most
+# A pass that comes this much early still looks (the work queue's jitter and a slow pass).
+EARLY_SECONDS = 1.0
 PREDICTION = "predictions"
 FEATURE = "feature "
 
@@ -35,6 +37,16 @@ def check_seconds(sustain: float) -> float:
     """How often to look: every minute, or five times per sustain period when that is shorter
     (a verdict then comes at most a fifth of the period late)."""
     return min(CHECK_SECONDS, max(2.0, sustain / 5))
+
+
+def due_in(checked_at: float | None, *, now: float, sustain: float) -> float:
+    """Seconds until the pods' figures are due for a look again (0: now), from when they were
+    last read. Child events do not bring it forward: the pods are read at the check's own
+    interval, not once per pass."""
+    if checked_at is None:
+        return 0.0
+    left = checked_at + check_seconds(sustain) - now
+    return 0.0 if left <= EARLY_SECONDS else left
 
 
 def above(figures: Mapping[str, float], threshold: float) -> list[str]:

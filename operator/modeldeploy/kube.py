@@ -23,13 +23,21 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection, leaderelectionrecord
 
 from modeldeploy import api, metrics
-from modeldeploy.render import CHILD_KINDS, DEPLOYMENT, REVIEWER_BINDING, ChildKind
+from modeldeploy.render import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    REVIEWER_BINDING,
+    ChildKind,
+)
 from modeldeploy.settings import Settings
 
 Obj = dict[str, Any]
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def load_client_config() -> client.Configuration:
@@ -71,13 +79,17 @@ def credentials(configuration: client.Configuration) -> Credentials:
     )
 
 
+def _status_body(error: ApiException) -> Obj:
+    try:
+        body = json.loads(error.body or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def api_message(error: ApiException) -> str:
     """The Status message the API server sent (it names the verb, resource and user)."""
-    try:
-        message = json.loads(error.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or error.reason)
+    return str(_status_body(error).get("message") or error.reason)
 
 
 # Refusals that a retry of the same request will not change: the spec, RBAC, admission or a
@@ -89,12 +101,27 @@ class KubeError(Exception):
     """An API call failed: the HTTP status, the API server's message, and whether a retry of
     the same request can succeed without someone changing something."""
 
-    def __init__(self, status: int, message: str, *, kind: str = "", retry_after: float = 0.0):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "",
+        retry_after: float = 0.0,
+        reason: str = "",
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
         self.retry_after = retry_after
+        self.reason = reason  # the Status reason: AlreadyExists, Conflict, Invalid, ...
+
+    @property
+    def precondition_failed(self) -> bool:
+        """A write's precondition did not hold: the object exists (create), was replaced or
+        is gone (uid), or changed (resourceVersion). Read it once and decide again."""
+        return self.status == 409
 
     @property
     def permanent(self) -> bool:
@@ -109,7 +136,13 @@ class KubeError(Exception):
         except (TypeError, ValueError):
             retry_after = 0.0
         # status 0: no answer at all (connection refused, timeout): transient.
-        return cls(error.status or 0, api_message(error), kind=kind, retry_after=retry_after)
+        return cls(
+            error.status or 0,
+            api_message(error),
+            kind=kind,
+            retry_after=retry_after,
+            reason=str(_status_body(error).get("reason") or ""),
+        )
 
 
 def _base(api_version: str) -> str:
@@ -184,9 +217,27 @@ class Kube:
 
     # --- writes -------------------------------------------------------------------------
 
-    def apply(self, obj: Obj, *, field_manager: str | None = None) -> Obj:
-        """Server-side apply ``obj`` (force: the operator is the authority on what it renders)."""
+    def create(self, obj: Obj) -> Obj:
+        """Create ``obj``; a 409 KubeError (reason AlreadyExists) when the name is taken, by
+        anyone: the precondition of a child that the watch cache does not know."""
         meta = obj["metadata"]
+        return self._call(
+            "POST",
+            _path(obj["apiVersion"], _PLURALS[obj["kind"]], meta.get("namespace", "")),
+            kind=obj["kind"],
+            body=obj,
+            query=[("fieldManager", self._settings.field_manager)],
+        )
+
+    def apply(self, obj: Obj, *, field_manager: str | None = None, uid: str | None = None) -> Obj:
+        """Server-side apply ``obj`` (force: the operator is the authority on what it renders).
+
+        With ``uid``, only to that object: a 409 KubeError when it is gone or was replaced
+        (the API server never creates an object whose apply names a uid).
+        """
+        meta = obj["metadata"]
+        if uid:
+            obj = {**obj, "metadata": {**meta, "uid": uid}}
         path = _path(
             obj["apiVersion"], _PLURALS[obj["kind"]], meta.get("namespace", ""), meta["name"]
         )
@@ -201,6 +252,38 @@ class Kube:
             ],
             content_type=APPLY,
         )
+
+    def own_as_applied(
+        self, kind: ChildKind, namespace: str, name: str, *, uid: str, index: int
+    ) -> Obj:
+        """Turn the operator's ``Update`` entry in an object's managedFields (left by its
+        create) into an ``Apply`` entry, so that its next apply removes the fields it no
+        longer sets (what kubectl's upgrade from client-side apply does).
+
+        The patch tests the object's uid and the entry first: a 409 KubeError when the object
+        was replaced or the entry moved since it was seen (the API server answers a failed
+        test with a 422; here it is the precondition it is).
+        """
+        entry = f"/metadata/managedFields/{index}"
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "test", "path": f"{entry}/manager", "value": self._settings.field_manager},
+            {"op": "test", "path": f"{entry}/operation", "value": "Update"},
+            {"op": "replace", "path": f"{entry}/operation", "value": "Apply"},
+        ]
+        try:
+            return self._call(
+                "PATCH",
+                _path(kind.api_version, kind.plural, namespace, name),
+                kind=kind.kind,
+                body=patch,
+                query=[("fieldManager", self._settings.field_manager)],
+                content_type=JSON_PATCH,
+            )
+        except KubeError as error:
+            if error.status in (404, 422):
+                raise KubeError(409, error.message, kind=kind.kind, reason="Conflict") from None
+            raise
 
     def hand_over_replicas(self, namespace: str, name: str, replicas: int) -> Obj:
         """Let a second field manager co-own Deployment.spec.replicas at its current value.
@@ -328,6 +411,27 @@ class Kube:
             query=[("labelSelector", selector), ("limit", str(limit)), ("resourceVersion", "0")],
         )
         items: list[Obj] = result.get("items", [])
+        return items
+
+    def list_reviewer_bindings(self) -> list[Obj]:
+        """The token-review ClusterRoleBindings this operator made (by their labels)."""
+        result = self._call(
+            "GET",
+            _path(REVIEWER_BINDING.api_version, REVIEWER_BINDING.plural, ""),
+            kind=REVIEWER_BINDING.kind,
+            query=[("labelSelector", f"{LABEL_MANAGED_BY}={MANAGED_BY}")],
+        )
+        items: list[Obj] = result.get("items", [])
+        return items
+
+    def list_model_deployments(self, namespaces: tuple[str, ...] = ()) -> list[Obj]:
+        """Every ModelDeployment of ``namespaces`` (all namespaces when empty)."""
+        paths = [_path(api.API_VERSION, api.PLURAL, ns) for ns in namespaces] or [
+            _path(api.API_VERSION, api.PLURAL, "")
+        ]
+        items: list[Obj] = []
+        for path in paths:
+            items += self._call("GET", path, kind=api.KIND).get("items", [])
         return items
 
     def post_event(

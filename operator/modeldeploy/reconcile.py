@@ -1,22 +1,27 @@
-"""Reconcile orchestration: parse, render, apply what differs, observe, compute status, write it.
+"""Reconcile orchestration: one pass, read in one direction.
 
-Knows the Kubernetes API only through ``kube.Kube`` and kopf not at all, so tests drive it
-directly against a real API server. Level-based: a pass looks at the whole resource, whatever
-triggered it, and leaves it as the spec says or says why not.
+    parse -> look -> plan -> write -> observe -> status
 
-What the operator remembers per resource only saves work; it never decides a write on its own:
-- ``ChildCache`` mirrors the children as the watch delivers them (an informer's cache), so a
-  child event costs no read;
-- the digest and fingerprint of each child after the operator's last apply: a child whose
-  rendered form and live fingerprint are unchanged is not written again;
-- before any write, the child is read from the API server and refused if another controller
-  (or nobody) controls it: memory can be stale after a missed watch event, the server cannot.
+- parse: the body into the typed spec (or the error that names the field);
+- look: the children as the watch cache has them; a full pass (a resync, a retry) reads every
+  child from the API server first, which repairs what a missed watch event hid;
+- plan: every child rendered once; the canary's move (``canary.decide``) and the token-review
+  binding (``access``) applied to them;
+- write: the children that differ, with the preconditions that make a stale cache harmless
+  (``children.ChildWriter``); the HPA's hand-over of ``replicas`` (``render.replicas_handoff``);
+- observe: the serving Deployment, the pods when a rollout needs explaining, ModelDrift at its
+  own interval (``drift``);
+- status: computed (``status``), and written once, if it changed.
+
+Knows the Kubernetes API only through ``kube.Kube``, ``children`` and ``pods``, and kopf not at
+all, so tests drive it directly against a real API server. Level-based: a pass looks at the
+whole resource, whatever triggered it. What it remembers per resource only saves work; what a
+restarted operator (or a new leader) needs is in the status it wrote (canary progress, the
+drift verdict's pending change).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -29,19 +34,34 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy import access, api, canary, drift, metrics, render, scrape, status
+from modeldeploy import access, api, canary, drift, metrics, pods, render, scrape, status
+from modeldeploy.children import ChildCache, ChildWriter, NameConflictError, digest, owner_name
 from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
 logger = logging.getLogger("modeldeploy.reconcile")
 
 Obj = dict[str, Any]
-ChildKey = tuple[str, str, str]  # kind, namespace, name
 IO_THREADS = 16
+# A status write that only moves a rollout's figures waits this long after the last write: a
+# rollout's steps then cost one write, not one per pod (a condition's status goes at once).
+PROGRESS_WRITE_SECONDS = 5.0
+
+__all__ = ["NameConflictError", "Outcome", "Reconciler", "owner_name"]
 
 
 def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -52,17 +72,6 @@ def describe_validation_error(error: ValidationError) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
-
-
-class NameConflictError(Exception):
-    """A child's name is taken by an object this ModelDeployment does not control."""
-
-    def __init__(self, kind: str, namespace: str, name: str):
-        super().__init__(
-            f"a {kind} named {name} already exists in namespace {namespace} and is not "
-            "controlled by this ModelDeployment; the operator does not take it over: delete or "
-            "rename it (or this ModelDeployment)"
-        )
 
 
 @dataclass
@@ -79,7 +88,7 @@ class Outcome:
     # Why the children could not be applied (retried with backoff until they can).
     apply_error: KubeError | None = None
     name_conflict: bool = False
-    # A canary in progress: when to look again, and what to tell (as Events).
+    # When to look again on the resource's own clock (a canary step, the drift check).
     requeue_after: float | None = None
     events: list[canary.Event] = field(default_factory=list)
 
@@ -87,108 +96,26 @@ class Outcome:
     def did_something(self) -> bool:
         return bool(self.changed or self.deleted or self.status_written)
 
-
-def fingerprint(obj: Obj) -> str:
-    """What changes when a child's spec changes: generation where the kind has one."""
-    meta = obj.get("metadata") or {}
-    generation = meta.get("generation")
-    return f"g{generation}" if generation else f"rv{meta.get('resourceVersion')}"
+    def look_again(self, seconds: float) -> None:
+        self.requeue_after = min(self.requeue_after or seconds, seconds)
 
 
-def _digest(obj: Obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+@dataclass
+class Plan:
+    """Every child of one pass, rendered once: what to write, what must go, and the frozen
+    stable Deployment's size while a canary runs."""
+
+    wanted: list[Obj]
+    unwanted: list[tuple[render.ChildKind, str]]
+    scale_stable: int | None = None
 
 
-def controller_uid(obj: Obj) -> str | None:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            uid: str = ref.get("uid", "")
-            return uid
-    return None
-
-
-def owner_name(obj: Obj) -> str | None:
-    """Name of the ModelDeployment that controls ``obj``, if one does."""
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if (
-            ref.get("controller")
-            and ref.get("kind") == api.KIND
-            and str(ref.get("apiVersion", "")).startswith(f"{api.GROUP}/")
-        ):
-            name: str = ref["name"]
-            return name
-    return None
-
-
-def _owns_replicas(deployment: Obj, manager: str) -> bool:
-    for entry in (deployment.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == manager and entry.get("operation") == "Apply":
-            spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
-            if "f:replicas" in spec:
-                return True
-    return False
-
-
-@dataclass(frozen=True)
-class CachedChild:
-    """A child as the last watch event showed it (Deployments keep what status needs)."""
-
-    uid: str
-    fingerprint: str
-    controller: str | None
-    deployment: Obj | None = None
-    resource_version: str = ""
-
-
-def _status_view(deployment: Obj) -> Obj:
-    """The parts of a Deployment that status is computed from."""
-    meta = deployment.get("metadata") or {}
-    hashed = (meta.get("annotations") or {}).get(canary.TEMPLATE_HASH_ANNOTATION)
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "uid": meta.get("uid"),
-            "generation": meta.get("generation"),
-            "ownerReferences": meta.get("ownerReferences") or [],
-            "annotations": {canary.TEMPLATE_HASH_ANNOTATION: hashed} if hashed else {},
-        },
-        "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
-        "status": deployment.get("status") or {},
-    }
-
-
-class ChildCache:
-    """The children as the watches deliver them, keyed by kind, namespace and name."""
-
-    def __init__(self) -> None:
-        self._items: dict[ChildKey, CachedChild] = {}
-        self._guard = threading.Lock()
-
-    def observe(self, obj: Obj, *, deleted: bool = False) -> CachedChild | None:
-        """Record one watch event; the previous entry for the same object."""
-        meta = obj.get("metadata") or {}
-        key = (str(obj.get("kind")), meta.get("namespace", ""), meta.get("name", ""))
-        with self._guard:
-            before = self._items.get(key)
-            if deleted:
-                if before is not None and before.uid == meta.get("uid"):
-                    del self._items[key]
-                return before
-            self._items[key] = CachedChild(
-                uid=meta.get("uid", ""),
-                fingerprint=fingerprint(obj),
-                controller=controller_uid(obj),
-                deployment=_status_view(obj) if obj.get("kind") == render.DEPLOYMENT.kind else None,
-                resource_version=meta.get("resourceVersion", ""),
-            )
-        return before
-
-    def get(self, kind: render.ChildKind, namespace: str, name: str) -> CachedChild | None:
-        with self._guard:
-            return self._items.get((kind.kind, namespace, name))
-
-    def __len__(self) -> int:
-        return len(self._items)
+def _rolled_out(deployment: Obj) -> bool:
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    st = deployment.get("status") or {}
+    return all(
+        st.get(key, 0) == desired for key in ("updatedReplicas", "availableReplicas", "replicas")
+    )
 
 
 class Reconciler:
@@ -198,14 +125,13 @@ class Reconciler:
         self.kube = kube
         self.settings = settings
         self.clock = clock
-        self.children = ChildCache()
+        self.children = ChildCache(settings.field_manager)
         # A pass reads and writes its children concurrently: its latency is one round trip per
-        # step (read, ownership, write) instead of one per child.
+        # step instead of one per child.
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="kube-io")
+        self._writer = ChildWriter(kube, self.children, self._io)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        # (resource uid, kind, name) -> (digest of the rendered child, its fingerprint after apply)
-        self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._phases: dict[str, str] = {}
         # The status this operator last wrote, per resource: it is the only status writer, and
         # a body handed in by a watch event can predate that write.
@@ -213,8 +139,10 @@ class Reconciler:
         # Why the last apply of a resource's children failed, until one succeeds: status-only
         # passes must not report Ready while a child could not be written.
         self._apply_failures: dict[str, status.ApplyFailure] = {}
-        # Since when the pods' PSI figures disagree with ModelDrift (monotonic seconds).
-        self._drift_since: dict[str, float] = {}
+        # When each resource's status was last written and its pods last read for drift
+        # (monotonic seconds).
+        self._status_written_at: dict[str, float] = {}
+        self._drift_checked: dict[str, float] = {}
 
     @contextmanager
     def _lock(self, uid: str) -> Iterator[None]:
@@ -231,11 +159,11 @@ class Reconciler:
         """Drop everything remembered about a ModelDeployment that is gone."""
         with self._guard:
             self._locks.pop(uid, None)
-            for key in [key for key in self._applied if key[0] == uid]:
-                del self._applied[key]
+            self._writer.forget(uid)
             self._written.pop(uid, None)
             self._apply_failures.pop(uid, None)
-            self._drift_since.pop(uid, None)
+            self._status_written_at.pop(uid, None)
+            self._drift_checked.pop(uid, None)
             known = self._phases.pop(uid, None) is not None
         if known:
             self._update_phase_gauge()
@@ -245,7 +173,7 @@ class Reconciler:
         with self._guard:
             return {
                 "locks": len(self._locks),
-                "applied": len(self._applied),
+                "applied": len(self._writer),
                 "written": len(self._written),
                 "phases": len(self._phases),
                 "apply_failures": len(self._apply_failures),
@@ -255,21 +183,18 @@ class Reconciler:
         """Record a child's watch event; whether its owner needs a pass.
 
         A Deployment's status is the resource's status; any other child matters only when it
-        differs from what the operator last applied (edited or deleted by someone else).
+        differs from what the operator last wrote (edited or deleted by someone else).
         """
         self.children.observe(child, deleted=deleted)
         if deleted or child.get("kind") == render.DEPLOYMENT.kind:
             return True
-        owner = controller_uid(child)
-        name = (child.get("metadata") or {}).get("name", "")
-        applied = self._applied.get((owner or "", str(child.get("kind")), name))
-        return applied is None or applied[1] != fingerprint(child)
+        return self._writer.differs_from_written(child)
 
     def reconcile(
         self, body: Obj, *, full: bool = True, trigger: str = "spec", inspect_pods: bool = True
     ) -> Outcome:
-        """One pass; ``full`` reads every child from the API server instead of the cache;
-        ``inspect_pods`` lists the pods of a rollout that is not done, to explain it.
+        """One pass; ``full`` reads every child from the API server first instead of trusting
+        the cache; ``inspect_pods`` lists the pods of a rollout that is not done, to explain it.
 
         Raises KubeError when the status cannot be read or written; a child that cannot be
         applied is reported in status and in ``Outcome.apply_error`` instead.
@@ -314,58 +239,68 @@ class Reconciler:
         for phase, count in counts.items():
             metrics.RESOURCES.labels(phase=phase).set(count)
 
+    # --- the pass --------------------------------------------------------------------------
+
     def _reconcile(self, body: Obj, *, full: bool, inspect_pods: bool) -> Outcome:
         meta = body["metadata"]
-        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        owner = render.Owner(name=name, namespace=namespace, uid=uid)
-        outcome = Outcome(name=name, namespace=namespace, phase="Pending")
-
+        owner = render.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        outcome = Outcome(name=owner.name, namespace=owner.namespace, phase="Pending")
+        # parse
         spec: api.ModelDeploymentSpec | None = None
         spec_error: str | None = None
         try:
             spec = api.parse_resource(body).spec
         except ValidationError as error:
             spec_error = describe_validation_error(error)
-
-        written = self._written.get(uid)
+        written = self._written.get(owner.uid)
         previous = written if written is not None else body.get("status") or {}
-        deployment: Obj | None = None
-        move: canary.Move | None = None
         # The pods' /metrics, read at most once in this pass (canary analysis and drift).
-        pod_metrics = _PodMetrics(lambda: self._metrics_targets(owner), self._io)
+        pod_metrics = pods.PodMetrics(self.kube, owner, self._io)
+        move: canary.Move | None = None
         if spec is not None:
             try:
-                move = self._canary_move(spec, owner, body, previous, pod_metrics, full=full)
-                deployment = self._apply_children(
+                # look: a resource no pass has seen controls no child yet, nothing to read
+                if full and previous.get("observedGeneration"):
+                    self._writer.read_all(owner)
+                # plan
+                children = render.render_children(owner, spec, self.settings)
+                move = self._canary_move(
                     spec,
                     owner,
-                    outcome,
-                    full=full,
-                    move=move,
-                    new=not previous.get("observedGeneration"),
+                    body=body,
+                    previous=previous,
+                    children=children,
+                    pod_metrics=pod_metrics,
                 )
-                self._apply_failures.pop(uid, None)
+                plan = self._plan(spec, owner, children, move)
+                # write
+                done = self._writer.write(plan.wanted, plan.unwanted, spec, owner, fresh=full)
+                if plan.scale_stable is not None:
+                    self._writer.scale(owner, plan.scale_stable, done)
+                outcome.changed, outcome.deleted = done.changed, done.deleted
+                self._bind_reviewer(spec, owner, outcome, full=full)
+                self._apply_failures.pop(owner.uid, None)
             except KubeError as error:
                 outcome.apply_error = error
-                self._apply_failures[uid] = status.ApplyFailure(
+                self._apply_failures[owner.uid] = status.ApplyFailure(
                     permanent=error.permanent, message=error.message
                 )
             except NameConflictError as error:
                 outcome.name_conflict = True
-                self._apply_failures[uid] = status.ApplyFailure(
+                self._apply_failures[owner.uid] = status.ApplyFailure(
                     permanent=True, message=str(error), reason=api.Reason.NAME_CONFLICT
                 )
-            if deployment is None:
-                deployment = self._deployment(owner, owner.name, full=full)
-        if deployment is not None and controller_uid(deployment) != uid:
-            deployment = None  # someone else's: its rollout says nothing about this resource
-
+        if move is not None:  # a canary runs on its own clock and tells its steps
+            outcome.events = move.events
+            if move.requeue_after is not None:
+                outcome.look_again(move.requeue_after)
+        # observe
+        deployment = self._writer.deployment(owner, owner.name)
         pod_failure = None
-        if inspect_pods and deployment is not None and not self._rolled_out(deployment):
-            pods = self.kube.list_pods(namespace, render.selector_string(owner))
-            pod_failure = status.summarize_pod_failure(pods)
-
-        drift_condition = None if spec is None else self._drift(spec, owner, previous, pod_metrics)
+        if inspect_pods and deployment is not None and not _rolled_out(deployment):
+            pod_failure = pods.failure(self.kube, owner)
+        drift_condition, drift_pending = self._drift(spec, owner, previous, outcome, pod_metrics)
+        # status
         observed = status.Observed(
             generation=int(meta.get("generation") or 0),
             spec=spec,
@@ -376,78 +311,74 @@ class Reconciler:
             url=render.service_url(
                 owner, self.settings.cluster_domain, tls=spec is not None and spec.tls is not None
             ),
-            apply_failure=self._apply_failures.get(uid),
+            apply_failure=self._apply_failures.get(owner.uid),
             canary=None
             if move is None
             else status.CanaryView(move.status, move.conditions, stalled=move.stalled),
             drift=drift_condition,
+            drift_clock=drift_pending,
         )
-        if drift_condition is not None and spec is not None and spec.monitoring is not None:
-            every = drift.check_seconds(spec.monitoring.drift_window_seconds)
-            outcome.requeue_after = min(outcome.requeue_after or every, every)
         new_status, transitions = status.compute_status(observed, previous, self.clock())
         outcome.phase = new_status["phase"]
-        if status.status_differs(previous, new_status):
-            self.kube.apply_status(namespace, name, new_status)
-            self._written[uid] = new_status
-            metrics.WRITES.labels(kind=api.KIND, verb="apply-status").inc()
-            outcome.status_written = True
-            outcome.transitions = transitions
+        self._write_status(owner, previous, new_status, transitions, outcome)
         return outcome
 
-    def _deployment(self, owner: render.Owner, name: str, *, full: bool) -> Obj | None:
-        cached = None if full else self.children.get(render.DEPLOYMENT, owner.namespace, name)
-        if cached is not None and cached.deployment is not None:
-            return cached.deployment
-        live = self.kube.get(render.DEPLOYMENT, owner.namespace, name)
-        if live is not None:
-            self.children.observe(live)
-        return live
+    def _write_status(
+        self,
+        owner: render.Owner,
+        previous: Obj,
+        new_status: Obj,
+        transitions: list[status.Transition],
+        outcome: Outcome,
+    ) -> None:
+        """One status write if anything changed; a rollout's mere progress waits a little."""
+        if not status.status_differs(previous, new_status):
+            return
+        since = time.monotonic() - self._status_written_at.get(owner.uid, 0.0)
+        if status.only_progress_differs(previous, new_status) and since < PROGRESS_WRITE_SECONDS:
+            outcome.look_again(PROGRESS_WRITE_SECONDS - since)
+            return
+        self.kube.apply_status(owner.namespace, owner.name, new_status)
+        self._written[owner.uid] = new_status
+        self._status_written_at[owner.uid] = time.monotonic()
+        metrics.WRITES.labels(kind=api.KIND, verb="apply-status").inc()
+        outcome.status_written = True
+        outcome.transitions = transitions
 
-    # --- canary ----------------------------------------------------------------------------
+    # --- the canary ------------------------------------------------------------------------
 
     def _canary_move(
         self,
         spec: api.ModelDeploymentSpec,
         owner: render.Owner,
+        *,
         body: Obj,
         previous: Obj,
-        pod_metrics: _PodMetrics,
-        *,
-        full: bool,
+        children: render.Children,
+        pod_metrics: pods.PodMetrics,
     ) -> canary.Move | None:
         """What the canary logic wants of this pass; None for a resource that never had one
         (the common case costs nothing)."""
         rollout = spec.rollout or api.Rollout()
         canary_name = canary.canary_name(owner.name)
-        if (
-            rollout.strategy != "Canary"
-            and not previous.get("canary")
-            and self.children.get(render.DEPLOYMENT, owner.namespace, canary_name) is None
-        ):
+        cached = self.children.get(render.DEPLOYMENT, owner.namespace, canary_name)
+        if rollout.strategy != "Canary" and not previous.get("canary") and cached is None:
             return None
-        stable = self._deployment(owner, owner.name, full=full)
-        live_canary = self._deployment(owner, canary_name, full=full)
-        if stable is not None and controller_uid(stable) != owner.uid:
-            stable = None
-        if live_canary is not None and controller_uid(live_canary) != owner.uid:
+        if cached is not None and cached.controller != owner.uid:
             raise NameConflictError(render.DEPLOYMENT.kind, owner.namespace, canary_name)
-        annotations = (body.get("metadata") or {}).get("annotations") or {}
-        command = annotations.get(canary.COMMAND_ANNOTATION)
+        live_canary = self._writer.deployment(owner, canary_name)
         failure = None
         if live_canary is not None and not canary.rolled_out(live_canary):
             # Starting, or stuck: a stuck container says why (only while a canary waits).
-            pods = self.kube.list_pods(
-                owner.namespace,
-                f"{render.selector_string(owner)},{canary.TRACK_LABEL}={canary.CANARY}",
-            )
-            found = status.summarize_pod_failure(pods)
+            found = pods.failure(self.kube, owner, track=canary.CANARY)
             failure = f"{found.reason}: {found.message}" if found else None
-        wanted = render.render_deployment(owner, spec, self.settings)
+        command = ((body.get("metadata") or {}).get("annotations") or {}).get(
+            canary.COMMAND_ANNOTATION
+        )
         world = canary.World(
             spec=spec,
-            template_hash=wanted["metadata"]["annotations"][canary.TEMPLATE_HASH_ANNOTATION],
-            stable=stable,
+            template_hash=render.stable_template_hash(children),
+            stable=self._writer.deployment(owner, owner.name),
             canary=live_canary,
             previous=api.CanaryStatus.model_validate(previous["canary"])
             if previous.get("canary")
@@ -457,179 +388,60 @@ class Reconciler:
             canary_pod_failure=failure,
         )
         move = canary.decide(world)
-        if move.needs_readings:
-            move = canary.decide(world, _readings(pod_metrics))
+        if move.needs_readings:  # the analysis interval is over: read both versions' pods
+            move = canary.decide(world, pod_metrics.readings())
         if move.clear_command:
             self.kube.remove_annotation(owner.namespace, owner.name, canary.COMMAND_ANNOTATION)
         return move
 
-    # --- drift -----------------------------------------------------------------------------
-
-    def _drift(
+    def _plan(
         self,
         spec: api.ModelDeploymentSpec,
         owner: render.Owner,
-        previous: Obj,
-        pod_metrics: _PodMetrics,
-    ) -> drift.Wanted | None:
-        """ModelDrift from the ready pods' PSI figures (None without a reference profile)."""
-        monitoring = spec.monitoring
-        if monitoring is None or monitoring.reference is None:
-            self._drift_since.pop(owner.uid, None)
-            return None
-
-        readings = [scrape.drift_figures(text) for _, text in pod_metrics.texts()]
-        verdict = drift.decide(
-            scrape.worst(readings) if readings else None,
-            monitoring.drift_threshold,
-            status.previous_condition(
-                previous.get("conditions") or [], api.ConditionType.MODEL_DRIFT
-            ),
-            self._drift_since.get(owner.uid),
-            now=time.monotonic(),
-            sustain=monitoring.drift_window_seconds,
+        children: render.Children,
+        move: canary.Move | None,
+    ) -> Plan:
+        """The rendered children with the canary's move applied to them."""
+        plan = Plan(
+            wanted=children.wanted, unwanted=[(kind, owner.name) for kind in children.unwanted]
         )
-        if verdict.pending_since is None:
-            self._drift_since.pop(owner.uid, None)
-        else:
-            self._drift_since[owner.uid] = verdict.pending_since
-        return verdict.condition
-
-    def _metrics_targets(self, owner: render.Owner) -> list[tuple[str, str]]:
-        """(track, metrics URL) of every ready pod of the resource."""
-        pods = self.kube.list_pods(owner.namespace, render.selector_string(owner), limit=500)
-        targets: list[tuple[str, str]] = []
-        for pod in pods:
-            st = pod.get("status") or {}
-            ready = any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in st.get("conditions") or []
-            )
-            if ready and st.get("podIP"):
-                track = ((pod.get("metadata") or {}).get("labels") or {}).get(
-                    canary.TRACK_LABEL, canary.STABLE
+        if move is None:
+            return plan
+        if not move.apply_stable:  # the stable version keeps its template, only scaled
+            plan.wanted = [obj for obj in plan.wanted if obj["kind"] != render.DEPLOYMENT.kind]
+            plan.scale_stable = move.stable_replicas
+        if move.canary_replicas is not None:
+            plan.wanted.append(
+                render.render_deployment(
+                    owner, spec, self.settings, track=canary.CANARY, replicas=move.canary_replicas
                 )
-                targets.append((track, f"http://{st['podIP']}:{render.HEALTH_PORT}/metrics"))
-        return targets
-
-    @staticmethod
-    def _rolled_out(deployment: Obj) -> bool:
-        spec_ = deployment.get("spec") or {}
-        st = deployment.get("status") or {}
-        desired = spec_.get("replicas", 1)
-        return bool(
-            st.get("updatedReplicas", 0) == desired
-            and st.get("availableReplicas", 0) == desired
-            and st.get("replicas", 0) == desired
-        )
-
-    def _live_fingerprint(
-        self, kind: render.ChildKind, owner: render.Owner, name: str, *, full: bool
-    ) -> tuple[str | None, Obj | None, bool]:
-        """The child's fingerprint if this resource controls it, the object, and whether it
-        was read from the API server (a full pass reads; otherwise the cache answers)."""
-        if full:
-            live = self.kube.get(kind, owner.namespace, name)
-            if live is None:
-                return None, None, True
-            self.children.observe(live)
-            return (fingerprint(live) if controller_uid(live) == owner.uid else None), live, True
-        cached = self.children.get(kind, owner.namespace, name)
-        if cached is None or cached.controller != owner.uid:
-            return None, None, False
-        return cached.fingerprint, None, False
-
-    def _apply_children(
-        self,
-        spec: api.ModelDeploymentSpec,
-        owner: render.Owner,
-        outcome: Outcome,
-        *,
-        full: bool,
-        move: canary.Move | None = None,
-        new: bool = False,
-    ) -> Obj | None:
-        """Write the children that differ; the Deployment as applied or read, if known.
-        ``new``: no pass has seen this resource yet (its status has no observedGeneration)."""
-        children = render.render_children(owner, spec, self.settings)
-        wanted, unwanted = children.wanted, [(kind, owner.name) for kind in children.unwanted]
-        frozen: Obj | None = None
-        if move is not None:
-            frozen = self._plan_canary(
-                move, spec=spec, owner=owner, outcome=outcome, wanted=wanted, unwanted=unwanted
             )
-        # The children that must go are read alongside the ones to write, not after them; a
-        # resource no pass has seen yet controls none (its pass skips those reads).
-        owned_unwanted = [
-            self._io.submit(self._owned_unwanted, kind, owner, name, read=full and not new)
-            for kind, name in unwanted
-        ]
-        pending, deployment = self._differing(wanted, owner, full=full)
-        # Ownership is read from the API server before anything is written.
-        lives = list(
-            self._io.map(
-                lambda item: (
-                    item.live if item.read else self.kube.get(item.kind, owner.namespace, item.name)
-                ),
-                pending,
-            )
-        )
-        checked: list[_Pending] = []
-        for item, live in zip(pending, lives, strict=True):
-            if live is not None and controller_uid(live) != owner.uid:
-                raise NameConflictError(item.kind.kind, owner.namespace, item.name)
-            checked.append(_Pending(item.wanted, item.kind, item.digest, live, read=True))
-        writes = [self._io.submit(self._write, item, spec, owner, outcome) for item in checked]
-        failed: KubeError | None = None
-        for item, write in zip(checked, writes, strict=True):
-            try:
-                applied = write.result()
-            except KubeError as error:  # the others are written and remembered all the same
-                failed = failed or error
-                continue
-            if item.kind == render.DEPLOYMENT and item.name == owner.name:
-                deployment = applied
-        if failed is not None:
-            raise failed
-        for (kind, name), owned in zip(unwanted, owned_unwanted, strict=True):
-            self._applied.pop((owner.uid, kind.kind, name), None)
-            seen = owned.result()
-            if seen is not None and self._delete_unwanted(kind, owner, name, seen):
-                metrics.WRITES.labels(kind=kind.kind, verb="delete").inc()
-                outcome.deleted.append(kind.kind if name == owner.name else f"{kind.kind}/{name}")
-        self._bind_reviewer(spec, owner, outcome, full=full)
-        if frozen is not None and move is not None:
-            deployment = frozen
-            target = move.stable_replicas
-            if target is not None and (frozen.get("spec") or {}).get("replicas") != target:
-                deployment = self.kube.scale(owner.namespace, owner.name, target)
-                self.children.observe(deployment)
-                metrics.WRITES.labels(kind=render.DEPLOYMENT.kind, verb="scale").inc()
-                outcome.changed.append("Deployment/scale")
-        return deployment
+        elif move.delete_canary:
+            plan.unwanted.append((render.DEPLOYMENT, canary.canary_name(owner.name)))
+        return plan
+
+    # --- the token-review binding (auth: Kubernetes) ----------------------------------------
 
     def _bind_reviewer(
         self, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome, *, full: bool
     ) -> None:
         """With auth on, the ClusterRoleBinding that lets the model pods review tokens; removed
-        when auth is turned off (or the resource deleted: unbind_reviewer)."""
-        key = (
-            owner.uid,
-            render.REVIEWER_BINDING.kind,
-            access.reviewer_binding_name(owner.namespace, owner.name),
-        )
+        when auth is turned off (or the resource deleted: unbind_reviewer, sweep_bindings).
+        Cluster-scoped, so not watched: written again on every full pass."""
+        name = access.reviewer_binding_name(owner.namespace, owner.name)
+        kind = render.REVIEWER_BINDING
         if access.auth_on(spec):
             binding = render.render_reviewer_binding(owner)
-            digest = _digest(binding)
-            if not full and self._applied.get(key) == (digest, ""):
+            hashed = digest(binding)
+            if not full and self._writer.written_as(owner.uid, kind, name) == hashed:
                 return
             self.kube.apply(binding)
-            metrics.WRITES.labels(kind=render.REVIEWER_BINDING.kind, verb="apply").inc()
-            self._applied[key] = (digest, "")
-        elif self._applied.pop(key, None) is not None and self.unbind_reviewer(
+            metrics.WRITES.labels(kind=kind.kind, verb="apply").inc()
+            self._writer.remember(owner.uid, kind, name, hashed)
+        elif self._writer.drop(owner.uid, kind, name) and self.unbind_reviewer(
             owner.namespace, owner.name
         ):
-            outcome.deleted.append(render.REVIEWER_BINDING.kind)
+            outcome.deleted.append(kind.kind)
 
     def unbind_reviewer(self, namespace: str, name: str) -> bool:
         """Deletes a resource's token-review binding; False when there was none."""
@@ -640,172 +452,72 @@ class Reconciler:
             metrics.WRITES.labels(kind=render.REVIEWER_BINDING.kind, verb="delete").inc()
         return deleted
 
-    def _plan_canary(
+    def sweep_bindings(self, namespaces: tuple[str, ...]) -> list[str]:
+        """Delete the token-review bindings that no live resource wants (their resource was
+        deleted while no operator ran); the names deleted.
+
+        The bindings are listed before the resources: a binding is made after its resource,
+        so a binding listed first belongs to a resource the second list shows, if it lives.
+        """
+        bindings = self.kube.list_reviewer_bindings()
+        wanted = {
+            (item["metadata"]["namespace"], item["metadata"]["name"])
+            for item in self.kube.list_model_deployments(namespaces)
+            if ((item.get("spec") or {}).get("auth") or {}).get("mode") == api.AuthMode.KUBERNETES
+        }
+        swept = []
+        for binding in access.orphaned_bindings(bindings, wanted, namespaces):
+            meta = binding["metadata"]
+            try:
+                if self.kube.delete(render.REVIEWER_BINDING, "", meta["name"], uid=meta["uid"]):
+                    metrics.WRITES.labels(kind=render.REVIEWER_BINDING.kind, verb="delete").inc()
+                    swept.append(meta["name"])
+            except KubeError as error:
+                if not error.precondition_failed:  # replaced since the list: not an orphan
+                    raise
+        return swept
+
+    # --- drift -----------------------------------------------------------------------------
+
+    def _drift(
         self,
-        move: canary.Move,
-        *,
-        spec: api.ModelDeploymentSpec,
+        spec: api.ModelDeploymentSpec | None,
         owner: render.Owner,
+        previous: Obj,
         outcome: Outcome,
-        wanted: list[Obj],
-        unwanted: list[tuple[render.ChildKind, str]],
-    ) -> Obj | None:
-        """Adjust the children to the canary's move (in place); the stable Deployment when it
-        is frozen (kept on its template, only scaled)."""
-        frozen = None
-        if not move.apply_stable:
-            wanted[:] = [obj for obj in wanted if obj["kind"] != render.DEPLOYMENT.kind]
-            frozen = self._deployment(owner, owner.name, full=False)
-        if move.canary_replicas is not None:
-            wanted.append(
-                render.render_deployment(
-                    owner, spec, self.settings, track=canary.CANARY, replicas=move.canary_replicas
-                )
-            )
-        elif move.delete_canary:
-            unwanted.append((render.DEPLOYMENT, canary.canary_name(owner.name)))
-        outcome.requeue_after = move.requeue_after
-        outcome.events = move.events
-        return frozen
-
-    def _differing(
-        self, wanted: list[Obj], owner: render.Owner, *, full: bool
-    ) -> tuple[list[_Pending], Obj | None]:
-        """Children whose rendered form or live fingerprint differ from the last apply (none,
-        on an idle resource), and the live Deployment when it was read and is unchanged."""
-        pending: list[_Pending] = []
-        deployment: Obj | None = None
-        kinds = [(render.child_kind(obj["kind"]), obj["metadata"]["name"]) for obj in wanted]
-        found = list(
-            self._io.map(lambda k: self._live_fingerprint(k[0], owner, k[1], full=full), kinds)
+        pod_metrics: pods.PodMetrics,
+    ) -> tuple[drift.Wanted | None, api.DriftStatus | None]:
+        """ModelDrift from the ready pods' PSI figures, read at the check's own interval
+        whatever brought the pass, and its pending change, kept in status (both None without
+        a reference profile)."""
+        monitoring = spec.monitoring if spec is not None else None
+        if monitoring is None or monitoring.reference is None:
+            self._drift_checked.pop(owner.uid, None)
+            return None, None
+        window = monitoring.drift_window_seconds
+        pending = api.DriftStatus.model_validate(previous.get("drift") or {})
+        current = status.previous_condition(
+            previous.get("conditions") or [], api.ConditionType.MODEL_DRIFT
         )
-        for obj, (kind, name), (live_fp, live, read) in zip(wanted, kinds, found, strict=True):
-            digest = _digest(obj)
-            applied = self._applied.get((owner.uid, kind.kind, name))
-            if live_fp is not None and applied == (digest, live_fp):
-                if kind == render.DEPLOYMENT and name == owner.name:
-                    deployment = live
-                continue
-            pending.append(_Pending(obj, kind, digest, live, read))
-        return pending, deployment
-
-    def _write(
-        self, item: _Pending, spec: api.ModelDeploymentSpec, owner: render.Owner, outcome: Outcome
-    ) -> Obj:
-        live = item.live
-        if (
-            item.kind == render.DEPLOYMENT
-            and item.name == owner.name
-            and live is not None
-            and spec.autoscaling is not None
-            and not spec.suspend
-            and _owns_replicas(live, self.settings.field_manager)
-        ):
-            current = int((live.get("spec") or {}).get("replicas") or 0)
-            self.kube.hand_over_replicas(
-                owner.namespace, owner.name, spec.autoscaling.bound(current)
-            )
-            metrics.WRITES.labels(kind=item.kind.kind, verb="apply-handoff").inc()
-        applied = self.kube.apply(item.wanted)
-        metrics.WRITES.labels(kind=item.kind.kind, verb="apply").inc()
-        self.children.observe(applied)
-        after = fingerprint(applied)
-        if live is None or fingerprint(live) != after:
-            outcome.changed.append(
-                item.kind.kind if item.name == owner.name else f"{item.kind.kind}/{item.name}"
-            )
-        self._applied[(owner.uid, item.kind.kind, item.name)] = (item.digest, after)
-        return applied
-
-    def _owned_unwanted(
-        self, kind: render.ChildKind, owner: render.Owner, name: str, *, read: bool
-    ) -> tuple[str, str | None] | None:
-        """The uid and resourceVersion of a child that must go, if this resource controls it,
-        as preconditions of its deletion.
-
-        Read from the API server (``read``), its uid alone: the object's controller writes its
-        status every few seconds (an HPA's, a PDB's), which moves the resourceVersion but not
-        the ownership just read. Else as the watch cache has it, with the resourceVersion too:
-        a stale cache never deletes what changed since (it is read again)."""
-        if read:
-            existing = self.kube.get(kind, owner.namespace, name)
-            if existing is None or controller_uid(existing) != owner.uid:
-                return None
-            return existing["metadata"]["uid"], None
-        cached = self.children.get(kind, owner.namespace, name)
-        if cached is None or cached.controller != owner.uid:
-            return None
-        return cached.uid, cached.resource_version
-
-    def _delete_unwanted(
-        self, kind: render.ChildKind, owner: render.Owner, name: str, seen: tuple[str, str | None]
-    ) -> bool:
-        """Delete a child that must go, as it was seen; if it changed since, read it again and
-        delete it only if this resource still controls it."""
-        try:
-            return self.kube.delete(
-                kind, owner.namespace, name, uid=seen[0], resource_version=seen[1]
-            )
-        except KubeError as error:
-            if error.status != 409:
-                raise
-        fresh = self._owned_unwanted(kind, owner, name, read=True)
-        if fresh is None:
-            return False
-        return self.kube.delete(
-            kind, owner.namespace, name, uid=fresh[0], resource_version=fresh[1]
+        # When the pods were last read only saves work: a restarted operator reads at once.
+        wait = drift.due_in(
+            self._drift_checked.get(owner.uid), now=time.monotonic(), sustain=window
         )
-
-
-class _PodMetrics:
-    """The /metrics texts of a resource's ready pods, read concurrently once per pass and only
-    when asked for: the canary analysis and the drift check judge the same reading."""
-
-    def __init__(
-        self, targets: Callable[[], list[tuple[str, str]]], io: ThreadPoolExecutor
-    ) -> None:
-        self._targets, self._io = targets, io  # (track, metrics URL) of the ready pods
-        self._texts: list[tuple[str, str]] | None = None
-
-    def texts(self) -> list[tuple[str, str]]:
-        """(track, metrics text) of each ready pod that answered (the others count as silent:
-        the canary's gates need ``minRequests`` before they judge)."""
-        if self._texts is None:
-
-            def read(target: tuple[str, str]) -> tuple[str, str | None]:
-                track, url = target
-                try:
-                    return track, scrape.fetch(url)
-                except (OSError, ValueError) as error:
-                    logger.info("cannot read the metrics at %s: %s", url, error)
-                    return track, None
-
-            found = self._io.map(read, self._targets())
-            self._texts = [(track, text) for track, text in found if text is not None]
-        return self._texts
-
-
-def _readings(pod_metrics: _PodMetrics) -> dict[str, scrape.Counters]:
-    """Both versions' counters, summed over their ready pods."""
-    found = [(track, scrape.counters(text)) for track, text in pod_metrics.texts()]
-    return {
-        track: scrape.total(counters for t, counters in found if t == track)
-        for track in (canary.STABLE, canary.CANARY)
-    }
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A child to write: as rendered, its digest, and the live object (None: absent, when
-    ``read``; unknown otherwise)."""
-
-    wanted: Obj
-    kind: render.ChildKind
-    digest: str
-    live: Obj | None
-    read: bool
-
-    @property
-    def name(self) -> str:
-        name: str = self.wanted["metadata"]["name"]
-        return name
+        if wait > 0:
+            outcome.look_again(wait)
+            return current, pending if pending.pending_since else None
+        self._drift_checked[owner.uid] = time.monotonic()
+        figures = pod_metrics.drift_figures()
+        now = time.time()
+        verdict = drift.decide(
+            scrape.worst(figures) if figures else None,
+            monitoring.drift_threshold,
+            current,
+            _epoch(pending.pending_since),
+            now=now,
+            sustain=window,
+        )
+        outcome.look_again(drift.check_seconds(window))
+        if verdict.pending_since is None:
+            return verdict.condition, None
+        return verdict.condition, api.DriftStatus(pending_since=_stamp(verdict.pending_since))

@@ -146,6 +146,17 @@ def desired_replicas(spec: api.ModelDeploymentSpec) -> int | None:
     return 1 if spec.replicas is None else spec.replicas
 
 
+def replicas_handoff(
+    spec: api.ModelDeploymentSpec, *, owns_replicas: bool, current: int
+) -> int | None:
+    """The value Deployment.spec.replicas must be held at by a second field manager before
+    the operator stops applying it (an autoscaler takes it over), or None. Without that
+    co-owner, server-side apply would remove the field: 1 replica until the autoscaler acts."""
+    if not owns_replicas or spec.autoscaling is None or desired_replicas(spec) is not None:
+        return None
+    return spec.autoscaling.bound(current)
+
+
 def max_possible_replicas(spec: api.ModelDeploymentSpec) -> int:
     """Most replicas that can run; a PodDisruptionBudget is only useful above one."""
     if spec.autoscaling is not None:
@@ -583,6 +594,15 @@ class Children:
 
     wanted: list[Obj]
     unwanted: list[ChildKind]
+
+
+def stable_template_hash(children: Children) -> str:
+    """The template hash of the stable Deployment among rendered children."""
+    for obj in children.wanted:
+        if obj["kind"] == DEPLOYMENT.kind:
+            hashed: str = obj["metadata"]["annotations"][canary.TEMPLATE_HASH_ANNOTATION]
+            return hashed
+    raise ValueError("the children have no Deployment")
 
 
 def render_children(owner: Owner, spec: api.ModelDeploymentSpec, settings: Settings) -> Children:

@@ -73,6 +73,7 @@ class Observed:
     apply_failure: ApplyFailure | None = None
     canary: CanaryView | None = None
     drift: tuple[str, Reason, str] | None = None  # ModelDrift, with a reference profile only
+    drift_clock: api.DriftStatus | None = None  # when the figures were read, pending since
 
 
 @dataclass(frozen=True)
@@ -359,11 +360,16 @@ def _model_verified(observed: Observed, phase: Phase, previous: Wanted | None) -
     return ("Unknown", Reason.VERIFYING, f"waiting for replicas that checked {spec.model.digest}")
 
 
-def _meaningful(type_: str, status: str, old: Mapping[str, Any] | None) -> bool:
-    """Ready changing (not its first False), Stalled becoming True or clearing, a digest
-    mismatch: an Event."""
+def _meaningful(type_: str, status: str, reason: Reason, old: Mapping[str, Any] | None) -> bool:
+    """Ready turning False for a problem or True after one, Stalled becoming True or
+    clearing, a digest mismatch: an Event."""
     if type_ == READY:
-        return old is not None or status == "True"
+        # Routine progress (creating, rolling out, scaling, and Ready at its end) is not an
+        # Event: the Deployment tells that much, and every Event is a write. A problem is,
+        # and so is the recovery from one.
+        if old is None:
+            return False
+        return (old.get("reason") if status == "True" else reason) not in _QUIET_REASONS
     if type_ == STALLED:
         return status == "True" or old is not None
     if type_ == MODEL_VERIFIED:
@@ -398,7 +404,7 @@ def merge_conditions(
                 observed_generation=generation,
             )
         )
-        if changed and _meaningful(type_, status, old):
+        if changed and _meaningful(type_, status, reason, old):
             transitions.append(Transition(type_, status, reason, message))
     return out, transitions
 
@@ -478,14 +484,48 @@ def compute_status(
         url=observed.url,
         model=served,
         canary=observed.canary.status if observed.canary is not None else None,
+        drift=observed.drift_clock,
     )
     status: Obj = typed.model_dump(by_alias=True, exclude_none=True, mode="json")
     return status, transitions
+
+
+# What moves at every step of a rollout: the replica figures, the phase between Pending and
+# Progressing, and the conditions' reasons and messages (their statuses stay).
+_PROGRESS_FIELDS = frozenset(
+    {
+        "phase",
+        "conditions",
+        "replicas",
+        "readyReplicas",
+        "updatedReplicas",
+        "availableReplicas",
+        "desiredReplicas",
+        "replicaSummary",
+    }
+)
+
+
+def _condition_states(status: Mapping[str, Any]) -> set[tuple[str, str]]:
+    return {(str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []}
+
+
+def only_progress_differs(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` tells nothing that ``current`` does not, but how far a rollout got: the
+    same observedGeneration and the same status for every condition (what kstatus, Argo CD,
+    Flux and ``kubectl wait`` read). Such a write may wait a little and carry several steps."""
+    current = current or {}
+    changed = {key for key in set(current) | set(new) if current.get(key) != new.get(key)}
+    return (
+        bool(changed)
+        and changed <= _PROGRESS_FIELDS
+        and _condition_states(current) == _condition_states(new)
+    )
 
 
 def status_differs(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` would change anything the operator writes."""
     current = current or {}
     return any(current.get(key) != value for key, value in new.items()) or any(
-        key in current and key not in new for key in ("model", "canary")
+        key in current and key not in new for key in ("model", "canary", "drift")
     )

@@ -193,15 +193,15 @@ def test_a_full_pass_reads_every_child_before_its_first_write(
     reconciler.close()
 
 
-def test_a_new_resources_first_pass_reads_only_the_children_it_writes(
+def test_a_new_resources_first_pass_reads_nothing_and_writes_status_once(
     crd_installed: None,  # noqa: F811 - fixture
     operator_kubeconfig: Path,  # noqa: F811 - fixture
     api_client: client.ApiClient,
     namespace: str,
 ) -> None:
-    """Nothing can be controlled by a resource no pass has seen: its first pass reads the
-    children it writes (another owner's object of the same name is refused) and none of the
-    kinds it does not want (three requests fewer per new resource)."""
+    """Nothing can be controlled by a resource no pass has seen: its first pass creates its
+    children (a create fails if the name is taken, so nothing is read first) and writes its
+    status once: four requests, where the pass before the cache-first writes sent eight."""
     reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
     kube = reconciler.kube
     assert isinstance(kube, _RecordingKube)
@@ -209,8 +209,64 @@ def test_a_new_resources_first_pass_reads_only_the_children_it_writes(
     models.create("fresh", {"model": FILE_MODEL, "replicas": 1})
     outcome = reconciler.reconcile(models.get("fresh"), inspect_pods=False)
     assert sorted(outcome.changed) == ["Deployment", "NetworkPolicy", "Service"]
-    reads = sorted(kind for verb, kind in kube.requests if verb == "GET")
-    assert reads == ["Deployment", "NetworkPolicy", "Service"], kube.requests
+    assert sorted(kube.requests) == [
+        ("PATCH", "ModelDeployment"),
+        ("POST", "Deployment"),
+        ("POST", "NetworkPolicy"),
+        ("POST", "Service"),
+    ], kube.requests
+    reconciler.close()
+
+
+def test_a_stale_cache_entry_is_caught_by_the_writes_precondition_not_by_a_read(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """The operator's Service is replaced by a user's behind the cache (the watch delivered
+    neither event). A spec change that rewrites the Service applies it with the uid the cache
+    holds: the API server refuses it, the Service is read once, found to be someone else's and
+    left alone. The other way round, a child deleted behind the cache is created again."""
+    reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
+    kube = reconciler.kube
+    assert isinstance(kube, _RecordingKube)
+    models = Models(api_client, namespace)
+    models.create("swapped", {"model": FILE_MODEL, "replicas": 1})
+    reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
+    models.core.delete_namespaced_service("swapped", namespace)
+    models.core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="swapped", labels={"team": "web"}),
+            spec=client.V1ServiceSpec(
+                selector={"app": "web"}, ports=[client.V1ServicePort(port=80, target_port=8080)]
+            ),
+        ),
+    )
+    # The NetworkPolicy goes too, unseen: it must come back.
+    client.NetworkingV1Api(api_client).delete_namespaced_network_policy("swapped", namespace)
+
+    models.patch_spec("swapped", {"tls": {"secretName": "swapped-cert"}})  # a new Service port
+    kube.requests.clear()
+    outcome = reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
+    assert outcome.name_conflict
+    service_calls = [verb for verb, kind in kube.requests if kind == "Service"]
+    assert service_calls == ["PATCH", "GET"], kube.requests  # the write first, then one read
+    service = models.core.read_namespaced_service("swapped", namespace)
+    assert service.spec.selector == {"app": "web"}
+    assert not service.metadata.owner_references
+    stalled = models.condition("swapped", "Stalled")
+    assert stalled is not None
+    assert (stalled["status"], stalled["reason"]) == ("True", "NameConflict")
+
+    # Nothing in the cache says the NetworkPolicy is gone: the resync's reads do. Once the
+    # user's Service is gone too, a full pass creates both again.
+    models.core.delete_namespaced_service("swapped", namespace)
+    reconciler.reconcile(models.get("swapped"), full=True, inspect_pods=False)
+    policy = client.NetworkingV1Api(api_client).read_namespaced_network_policy("swapped", namespace)
+    assert policy.metadata.owner_references[0].name == "swapped"
+    assert models.core.read_namespaced_service("swapped", namespace).spec.ports[0].port == 443
     reconciler.close()
 
 
@@ -261,4 +317,38 @@ def test_an_unwanted_child_changed_since_the_cache_saw_it_is_read_again_before_d
     outcome = reconciler.reconcile(models.get("adopted"), full=False, inspect_pods=False)
     assert "HorizontalPodAutoscaler" not in outcome.deleted
     assert autoscaling.read_namespaced_horizontal_pod_autoscaler("adopted", namespace)
+    reconciler.close()
+
+
+def test_a_created_childs_later_apply_removes_what_the_spec_no_longer_sets(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """A child made by a create has its fields recorded as an update; its first apply turns
+    that record into the apply's own (Kube.own_as_applied), or server-side apply could never
+    remove a field the spec stopped setting (here: a CPU limit)."""
+    models = Models(api_client, namespace)
+    reconciler = _reconciler(operator_kubeconfig)
+    limited = {"requests": {"cpu": "10m"}, "limits": {"cpu": "1", "memory": "256Mi"}}
+    models.create("shrink", {"model": FILE_MODEL, "replicas": 1, "resources": limited})
+    reconciler.reconcile(models.get("shrink"), full=False, inspect_pods=False)
+
+    def limits() -> dict[str, str]:
+        deployment = models.deployment("shrink")
+        assert deployment is not None
+        server = next(c for c in deployment.spec.template.spec.containers if c.name == "server")
+        return dict(server.resources.limits or {})
+
+    assert limits() == {"cpu": "1", "memory": "256Mi"}
+    models.patch_spec("shrink", {"resources": {"limits": {"cpu": None}}})  # a merge patch
+    reconciler.reconcile(models.get("shrink"), full=False, inspect_pods=False)
+    assert limits() == {"memory": "256Mi"}
+    managers = {
+        (entry.manager, entry.operation)
+        for entry in models.deployment("shrink").metadata.managed_fields  # type: ignore[union-attr]
+    }
+    assert ("modeldeploy", "Apply") in managers
+    assert ("modeldeploy", "Update") not in managers
     reconciler.close()

@@ -150,3 +150,23 @@ def status_of(result: dict[str, object]) -> str:
 
 def transitions_of(transitions: list[status.Transition]) -> list[tuple[str, str]]:
     return [(t.status, t.message) for t in transitions if t.type == api.ConditionType.MODEL_DRIFT]
+
+
+def test_the_pods_are_read_at_the_checks_own_interval_not_per_pass() -> None:
+    every = drift.check_seconds(WINDOW)
+    assert drift.due_in(None, now=50.0, sustain=WINDOW) == 0.0  # never read (or restarted)
+    assert drift.due_in(100.0, now=110.0, sustain=WINDOW) == every - 10.0
+    assert drift.due_in(100.0, now=100.0 + every - drift.EARLY_SECONDS, sustain=WINDOW) == 0.0
+    assert drift.due_in(100.0, now=100.0 + every + 5, sustain=WINDOW) == 0.0
+
+
+def test_a_pending_change_is_kept_in_status_and_only_while_pending() -> None:
+    pending = api.DriftStatus(pending_since="2026-01-01T00:00:00Z")
+    drifting = ("True", api.Reason.DRIFT_DETECTED, "PSI above 0.2")
+    written, _ = status.compute_status(
+        observe(deployment(), drift=drifting, drift_clock=pending), None, "2026-01-01T00:01:00Z"
+    )
+    assert written["drift"] == {"pendingSince": "2026-01-01T00:00:00Z"}
+    settled, _ = status.compute_status(observe(deployment(), drift=drifting), written, "t")
+    assert "drift" not in settled
+    assert status.status_differs(written, settled), "clearing the pending change is a write"

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from modeldeploy import canary, reconcile, scrape
+from modeldeploy import canary, pods, render, scrape
 
 TEXT = b"""\
 modelserver_requests_total{model="m",protocol="v1",status="200"} 7.0
@@ -43,25 +43,33 @@ def pod() -> Iterator[tuple[str, list[str]]]:
     server.server_close()
 
 
+class _Pods(pods.PodMetrics):
+    """Two pods at fixed URLs instead of listed from an API server."""
+
+    def __init__(self, urls: list[tuple[str, str]], io: ThreadPoolExecutor) -> None:
+        super().__init__(None, render.Owner("m", "ns", "uid"), io)  # type: ignore[arg-type]
+        self.urls, self.listed = urls, 0
+
+    def targets(self) -> list[tuple[str, str]]:
+        self.listed += 1
+        return self.urls
+
+
 def test_one_reading_serves_the_canary_analysis_and_the_drift_check(
     pod: tuple[str, list[str]],
 ) -> None:
     url, asked = pod
-    listed: list[int] = []
-
-    def targets() -> list[tuple[str, str]]:
-        listed.append(1)
-        # A pod on a port where nothing listens: silent, not an error.
-        return [(canary.CANARY, url), (canary.STABLE, "http://127.0.0.1:9/metrics")]
-
     with ThreadPoolExecutor(2) as io:
-        pod_metrics = reconcile._PodMetrics(targets, io)
-        readings = reconcile._readings(pod_metrics)
-        figures = [scrape.drift_figures(text) for _, text in pod_metrics.texts()]
+        # A pod on a port where nothing listens: silent, not an error.
+        pod_metrics = _Pods(
+            [(canary.CANARY, url), (canary.STABLE, "http://127.0.0.1:9/metrics")], io
+        )
+        readings = pod_metrics.readings()
+        figures = pod_metrics.drift_figures()
     assert readings == {
         canary.STABLE: {},
         canary.CANARY: {scrape.REQUESTS: 8.0, scrape.ERRORS: 1.0},
     }
     assert figures == [{"feature x0": 0.4}]
     assert asked == ["/metrics"]  # read once for both
-    assert listed == [1]  # and the pods listed once
+    assert pod_metrics.listed == 1  # and the pods listed once

@@ -36,9 +36,9 @@ def used() -> dict[tuple[str, str], set[str]]:
         ("", "pods"): {"list"},  # Kube.list_pods
         ("", "events"): {"create"},  # Kube.post_event
     }
-    # Every kind a spec can render is read before apply to refuse a name someone else's object
-    # holds (get), applied (patch, create) and watched for drift (list, watch); kinds that can
-    # become unwanted are read, then deleted.
+    # Every kind a spec can render is created (create), applied (patch), read by a full pass
+    # (get), watched (list, watch) and deleted again when a pass that created it finds another
+    # of its names taken (delete); kinds that can become unwanted are read, then deleted.
     everything = api.parse_spec(
         {
             "model": {"uri": "file:///m"},
@@ -54,7 +54,7 @@ def used() -> dict[tuple[str, str], set[str]]:
             # Server-side apply is a PATCH, and the API server also checks create when it
             # creates the object.
             out.setdefault((group, render.child_kind(obj["kind"]).plural), set()).update(
-                WATCH | {"get", "create", "patch"}
+                WATCH | {"get", "create", "patch", "delete"}
             )
         for kind in children.unwanted:
             group = kind.api_version.rpartition("/")[0]
@@ -154,8 +154,9 @@ def test_operator_may_bind_the_reviewer_role_and_nothing_else() -> None:
     assert isinstance(rules, list)
     by_resource = {rule["resources"][0]: rule for rule in rules}
     assert set(by_resource) == {"clusterrolebindings", "clusterroles"}
-    # Server-side apply (patch, create when absent) and delete when auth is turned off.
-    assert by_resource["clusterrolebindings"]["verbs"] == ["create", "patch", "delete"]
+    # Server-side apply (patch, create when absent), delete when auth is turned off, and list
+    # for the resync that deletes the bindings of resources deleted while no operator ran.
+    assert by_resource["clusterrolebindings"]["verbs"] == ["create", "patch", "delete", "list"]
     assert by_resource["clusterroles"]["verbs"] == ["bind"]
     assert by_resource["clusterroles"]["resourceNames"] == [access.TOKEN_REVIEWER_ROLE]
     binding = docs["ClusterRoleBinding/modeldeploy-operator-auth"]
@@ -164,3 +165,19 @@ def test_operator_may_bind_the_reviewer_role_and_nothing_else() -> None:
         "kind": "ClusterRole",
         "name": "modeldeploy-operator-auth",
     }
+
+
+def _binding(namespace: str, name: str) -> dict[str, object]:
+    owner = render.Owner(name=name, namespace=namespace, uid="u")
+    return {**render.render_reviewer_binding(owner), "metadata": {"name": f"{namespace}.{name}"}}
+
+
+def test_only_bindings_no_live_resource_wants_are_orphans() -> None:
+    """The resync deletes the token-review bindings of resources deleted while no operator ran;
+    never another role's binding, nor one of a namespace another install watches."""
+    someone_elses = {**_binding("a", "x"), "roleRef": {"name": "cluster-admin"}}
+    bindings = [_binding("a", "live"), _binding("a", "gone"), _binding("b", "gone"), someone_elses]
+    orphans = access.orphaned_bindings(bindings, {("a", "live")}, ())
+    assert [b["metadata"]["name"] for b in orphans] == ["a.gone", "b.gone"]
+    watched = access.orphaned_bindings(bindings, {("a", "live")}, ("a",))
+    assert [b["metadata"]["name"] for b in watched] == ["a.gone"]
