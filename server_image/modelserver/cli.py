@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from modelserver import config
-from modelserver.core import logs, termination
+from modelserver.core import logs, options, termination
 from modelserver.process import supervisor
 
 
@@ -29,11 +29,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
             fetch_config = config.parse_fetch(args, env)
         else:
             serve_config = config.parse_serve(args, env)
-    except config.ConfigError as error:
+    except options.ConfigError as error:
         reason = f"invalid configuration: {error}"
         print(reason, file=sys.stderr)
         termination.write_reason(
-            reason, env.get("TERMINATION_LOG") or config.DEFAULT_TERMINATION_LOG
+            reason, env.get("TERMINATION_LOG") or options.DEFAULT_TERMINATION_LOG
         )
         return 2
     if command == "profile":
@@ -46,12 +46,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         from modelserver.fetching import fetch  # noqa: PLC0415 - boto3 is imported only by the fetcher.
 
         return fetch.run(fetch_config)
-    logs.configure(serve_config.log_level)
+    logs.configure(serve_config.process.log_level)
     problem = preflight(serve_config, env)
     if problem is not None:
         reason = f"invalid configuration: {problem}"
         print(reason, file=sys.stderr)
-        termination.write_reason(reason, serve_config.termination_log)
+        termination.write_reason(reason, serve_config.process.termination_log)
         return 2
     return supervisor.serve(serve_config)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelserver import config
+from modelserver.process import options as process_options
 
 
 def test_environment_configures_and_flags_win() -> None:
@@ -24,24 +25,24 @@ def test_environment_configures_and_flags_win() -> None:
         "MODEL_TRUSTED_TYPES": "sklearn.tree._tree.Tree, numpy.dtype",
     }
     settings = config.parse_serve(["--model-name", "from-flag", "--port", "9100"], environ)
-    assert settings.model_uri == "file:///models/a.joblib"
-    assert settings.model_name == "from-flag"
-    assert settings.port == 9100
-    assert settings.model_format == "skops"
-    assert settings.model_digest == "sha256:" + "a" * 64
-    assert settings.workers == 3
-    assert settings.max_batch_wait_ms == 0
-    assert settings.trusted_types == ("sklearn.tree._tree.Tree", "numpy.dtype")
+    assert settings.model.uri == "file:///models/a.joblib"
+    assert settings.model.name == "from-flag"
+    assert settings.http.port == 9100
+    assert settings.model.format == "skops"
+    assert settings.model.digest == "sha256:" + "a" * 64
+    assert settings.process.workers == 3
+    assert settings.batching.max_batch_wait_ms == 0
+    assert settings.model.trusted_types == ("sklearn.tree._tree.Tree", "numpy.dtype")
 
 
 def test_defaults() -> None:
     settings = config.parse_serve(["--model-uri", "/m.joblib"], {})
-    assert settings.port == 8080
-    assert settings.model_format == "joblib"
-    assert settings.model_name == "model"
-    assert settings.workers == config.default_workers()
-    assert settings.max_body_bytes == 8 * 1024 * 1024
-    assert settings.termination_log == "/dev/termination-log"
+    assert settings.http.port == 8080
+    assert settings.model.format == "joblib"
+    assert settings.model.name == "model"
+    assert settings.process.workers == process_options.default_workers()
+    assert settings.http.max_body_bytes == 8 * 1024 * 1024
+    assert settings.process.termination_log == "/dev/termination-log"
 
 
 @pytest.mark.parametrize(
@@ -79,14 +80,16 @@ def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     ids=["v2-unlimited", "v2-1.5", "v2-0.5", "v1-2", "v1-unlimited", "none"],
 )
 def test_cpu_limit_from_cgroup(tmp_path: Path, files: dict[str, str], limit: float | None) -> None:
-    assert config.cgroup_cpu_limit(_cgroup(tmp_path, files)) == limit
+    assert process_options.cgroup_cpu_limit(_cgroup(tmp_path, files)) == limit
 
 
 def test_workers_follow_the_cpu_limit_rounded_up(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
-    assert config.default_workers(_cgroup(tmp_path, {"cpu.max": "max 100000"})) == cpus
-    assert config.default_workers(_cgroup(tmp_path, {"cpu.max": "50000 100000"})) == 1
-    assert config.default_workers(_cgroup(tmp_path, {"cpu.max": "150000 100000"})) == min(2, cpus)
+    assert process_options.default_workers(_cgroup(tmp_path, {"cpu.max": "max 100000"})) == cpus
+    assert process_options.default_workers(_cgroup(tmp_path, {"cpu.max": "50000 100000"})) == 1
+    assert process_options.default_workers(_cgroup(tmp_path, {"cpu.max": "150000 100000"})) == min(
+        2, cpus
+    )
 
 
 def test_bad_configuration_exits_2_with_a_termination_message(tmp_path: Path) -> None:

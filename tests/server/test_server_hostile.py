@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import pytest
 
-from modelserver import config
+from modelserver.serving import options as serving_options
 
 from .support import (
     IRIS_X,
@@ -233,9 +233,9 @@ def test_work_in_flight_defaults_follow_the_memory_limit(
     tmp_path: Path, limit: str, workers: int, per_worker: int | None
 ) -> None:
     (tmp_path / "memory.max").write_text(limit)
-    got = config.default_inflight_bytes(workers, tmp_path)
+    got = serving_options.default_inflight_bytes(workers, tmp_path)
     if per_worker is None:
-        assert got == config.default_inflight_bytes(1, tmp_path / "absent")
+        assert got == serving_options.default_inflight_bytes(1, tmp_path / "absent")
     else:
         assert got == per_worker
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelserver import __version__, uris
-from modelserver.config import FetchConfig
 from modelserver.core import digest, termination
 from modelserver.core.errors import FetchError
+from modelserver.fetching.options import FetchConfig
 
 log = logging.getLogger(__name__)
 

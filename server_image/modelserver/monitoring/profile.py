@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from modelserver.config import ProfileConfig
 from modelserver.core.errors import ModelLoadError
 from modelserver.monitoring import drift
+from modelserver.monitoring.options import ProfileConfig
 from modelserver.runtimes import loader, runtime
 
 log = logging.getLogger(__name__)

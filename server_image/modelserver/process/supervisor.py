@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelserver.access import ratelimit
-from modelserver.config import ServeConfig
 from modelserver.core import termination
+from modelserver.process.options import ServeConfig
 from modelserver.process.probes import HealthListener
 from modelserver.process.readiness import Readiness
 
@@ -54,7 +54,7 @@ _FATAL_EXIT_CODES = {
 
 def serve(config: ServeConfig) -> int:
     """Runs the server until SIGTERM; returns the process exit code."""
-    metrics_dir = Path(config.metrics_dir) / str(os.getpid())
+    metrics_dir = Path(config.process.metrics_dir) / str(os.getpid())
     try:
         _prepare_metrics_dir(metrics_dir)
     except OSError as error:
@@ -64,15 +64,19 @@ def serve(config: ServeConfig) -> int:
             "emptyDir at /tmp)"
         )
         log.error(reason)
-        termination.write_reason(reason, config.termination_log)
+        termination.write_reason(reason, config.process.termination_log)
         return 1
     # prometheus_client picks multiprocess mode when first imported, which happens below.
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     log.info(
         "starting",
-        extra={"model": config.model_name, "port": config.port, "workers": config.workers},
+        extra={
+            "model": config.model.name,
+            "port": config.http.port,
+            "workers": config.process.workers,
+        },
     )
-    if config.workers > 1:
+    if config.process.workers > 1:
         for name in _THREAD_POOL_ENV:
             os.environ.setdefault(name, "1")
         _import_worker(config)
@@ -87,7 +91,7 @@ def _import_worker(config: ServeConfig) -> WorkerMain:
     from modelserver.process import worker  # noqa: PLC0415 - after the environment is set, see above.
     from modelserver.runtimes import loader  # noqa: PLC0415 - after the environment is set, see above.
 
-    loader.prepare(config.model_format)
+    loader.prepare(config.model.format)
     return worker.run
 
 
@@ -100,7 +104,11 @@ def _run_worker(
 def shutdown_budget(config: ServeConfig) -> float:
     """Longest time from SIGTERM to exit: the drain delay, the graceful timeout of the requests in
     flight, then the margin after which workers still running are killed."""
-    return config.drain_delay_seconds + config.graceful_timeout_seconds + KILL_MARGIN_SECONDS
+    return (
+        config.process.drain_delay_seconds
+        + config.process.graceful_timeout_seconds
+        + KILL_MARGIN_SECONDS
+    )
 
 
 def _port_in_use(host: str, port: int) -> str | None:
@@ -149,13 +157,13 @@ def _prepare_metrics_dir(path: Path) -> None:
 
 
 class _Supervisor:
-    """Forks `config.workers` workers and keeps them running until told to stop."""
+    """Forks `config.process.workers` workers and keeps them running until told to stop."""
 
     def __init__(self, config: ServeConfig, metrics_dir: Path, run_worker: WorkerMain) -> None:
         self._config = config
         self._run_worker = run_worker
         self._metrics_dir = metrics_dir
-        self._readiness = Readiness(config.workers)
+        self._readiness = Readiness(config.process.workers)
         access = config.access
         # Shared by the workers (forked below): the limit is the pod's, whatever worker answers.
         self._limiter = (
@@ -171,19 +179,20 @@ class _Supervisor:
 
     def run(self) -> int:
         config = self._config
-        reason = _port_in_use(config.host, config.port)
-        if reason is None and config.health_port:
+        host, health_port = config.http.host, config.process.health_port
+        reason = _port_in_use(host, config.http.port)
+        if reason is None and health_port:
             try:
                 self._health = HealthListener(
-                    config.host, config.health_port, self._readiness, metrics=_workers_metrics
+                    host, health_port, self._readiness, metrics=_workers_metrics
                 )
             except OSError as error:
-                reason = f"cannot listen on {config.host}:{config.health_port} (health port): " + (
+                reason = f"cannot listen on {host}:{health_port} (health port): " + (
                     error.strerror or str(error)
                 )
         if reason is not None:
             log.error(reason)
-            termination.write_reason(reason, config.termination_log)
+            termination.write_reason(reason, config.process.termination_log)
             return 1
         try:
             return self._supervise()
@@ -193,7 +202,7 @@ class _Supervisor:
 
     def _supervise(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
-        for index in range(self._config.workers):
+        for index in range(self._config.process.workers):
             self._spawn(index)
         deadline = float("inf")
         while self._children:

@@ -27,12 +27,12 @@ from collections.abc import Callable
 import threadpoolctl  # type: ignore[import-untyped]
 
 from modelserver.access import auth, gate, kubeapi, ratelimit, tls
-from modelserver.config import ServeConfig
 from modelserver.core import termination
 from modelserver.core.errors import ModelLoadError
 from modelserver.http.server import HttpServer, Router
 from modelserver.monitoring import drift, payloadlog
 from modelserver.monitoring.metrics import FLUSH_INTERVAL_SECONDS, Metrics
+from modelserver.process.options import ServeConfig
 from modelserver.process.readiness import Readiness
 from modelserver.runtimes import loader, runtime
 from modelserver.serving.admission import Admission
@@ -107,31 +107,31 @@ def _build(
     limiter: ratelimit.RateLimiter | None,
 ) -> tuple[Metrics, DataPlane, HttpServer]:
     """The worker's parts, each knowing only the ones below it: HTTP -> data plane -> metrics."""
-    metrics = Metrics(config.model_name)
-    admission = Admission(config.max_inflight_bytes, config.max_inflight_rows)
+    metrics = Metrics(config.model.name)
+    admission = Admission(config.admission.max_inflight_bytes, config.admission.max_inflight_rows)
     plane = DataPlane(
         loop,
         metrics,
-        model_name=config.model_name,
-        model_version=config.model_version,
-        max_batch_size=config.max_batch_size,
-        max_batch_wait_seconds=config.max_batch_wait_ms / 1000,
-        max_queue_depth=config.max_queue_depth,
+        model_name=config.model.name,
+        model_version=config.model.version,
+        max_batch_size=config.batching.max_batch_size,
+        max_batch_wait_seconds=config.batching.max_batch_wait_ms / 1000,
+        max_queue_depth=config.batching.max_queue_depth,
         is_ready=lambda: readiness.ready,
         admission=admission,
         drift_settings=drift.WindowSettings(
-            seconds=config.drift_window_seconds,
-            min_rows=config.drift_min_rows,
-            max_features=config.drift_max_features,
+            seconds=config.monitoring.drift_window_seconds,
+            min_rows=config.monitoring.drift_min_rows,
+            max_features=config.monitoring.drift_max_features,
         ),
     )
     http = HttpServer(
         loop,
         Router(plane, _gate(config, loop, plane, metrics, limiter)),
-        max_body_bytes=config.max_body_bytes,
-        keepalive_timeout=config.keepalive_timeout_seconds,
-        write_timeout=config.write_timeout_seconds,
-        log_requests=config.access_log,
+        max_body_bytes=config.http.max_body_bytes,
+        keepalive_timeout=config.http.keepalive_timeout_seconds,
+        write_timeout=config.http.write_timeout_seconds,
+        log_requests=config.http.access_log,
         admission=admission,
     )
     return metrics, plane, http
@@ -150,7 +150,7 @@ def _gate(
     if settings.auth == "kubernetes":
         namespace = settings.auth_namespace or kubeapi.in_cluster_namespace() or ""
         attributes = kubeapi.ResourceAttributes(
-            namespace=namespace, name=settings.auth_name or config.model_name
+            namespace=namespace, name=settings.auth_name or config.model.name
         )
         reviewer = auth.Reviewer(kubeapi.discover(os.environ), attributes)
         authorizer = auth.Authorizer(
@@ -185,11 +185,15 @@ async def _serve(
     metrics, plane, http = _build(config, loop, readiness, limiter)
     certificate = _certificate(config, loop)
     try:
-        sock = listening_socket(config.host, config.port, shared=config.workers > 1)
+        sock = listening_socket(
+            config.http.host, config.http.port, shared=config.process.workers > 1
+        )
     except OSError as error:
-        reason = f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
+        reason = (
+            f"cannot listen on {config.http.host}:{config.http.port}: {error.strerror or error}"
+        )
         log.error(reason)
-        termination.write_reason(reason, config.termination_log)
+        termination.write_reason(reason, config.process.termination_log)
         return EXIT_BIND_FAILED
     # Nothing serves yet (the server starts): listen at once, answering probes while loading.
     listen_first = not readiness.ready
@@ -207,7 +211,7 @@ async def _serve(
     flushing = _Every(loop, FLUSH_INTERVAL_SECONDS, metrics.flush)
 
     stop = asyncio.Event()
-    drain_delay = config.drain_delay_seconds
+    drain_delay = config.process.drain_delay_seconds
 
     def request_stop(delay: float) -> None:
         nonlocal drain_delay
@@ -216,7 +220,7 @@ async def _serve(
         drain_delay = min(drain_delay, delay)
         stop.set()
 
-    loop.add_signal_handler(signal.SIGTERM, request_stop, config.drain_delay_seconds)
+    loop.add_signal_handler(signal.SIGTERM, request_stop, config.process.drain_delay_seconds)
     loop.add_signal_handler(signal.SIGINT, request_stop, 0.0)
 
     loading = loop.run_in_executor(None, _load, config)
@@ -232,13 +236,13 @@ async def _serve(
             flushing.cancel()
             return EXIT_LOAD_FAILED
         plane.set_runtime(model, reference, _payload_logger(config, metrics, redact))
-        _settle(config.workers)
+        _settle(config.process.workers)
         await server.start_serving()
         readiness.mark_loaded(index)
-        _log_loaded(config.model_name, index, model.info)
+        _log_loaded(config.model.name, index, model.info)
     await stopping
 
-    clean = await _drain(server, http, drain_delay, config.graceful_timeout_seconds, index)
+    clean = await _drain(server, http, drain_delay, config.process.graceful_timeout_seconds, index)
     await plane.stop_payload_log()
     flushing.cancel()
     metrics.flush()
@@ -252,8 +256,8 @@ def _report_load_failure(config: ServeConfig, error: Exception) -> None:
     """Logs why the model could not be loaded and leaves it as the termination message."""
     detail = str(error) if isinstance(error, ModelLoadError | drift.ProfileError) else repr(error)
     reason = f"model load failed: {detail}"
-    log.error(reason, extra={"model": config.model_name, "uri": config.model_uri})
-    termination.write_reason(reason, config.termination_log)
+    log.error(reason, extra={"model": config.model.name, "uri": config.model.uri})
+    termination.write_reason(reason, config.process.termination_log)
 
 
 def _load(
@@ -262,18 +266,20 @@ def _load(
     """The model, the reference profile that fits it (when configured) and the columns the
     payload log redacts."""
     model = loader.load(
-        config.model_uri, config.model_format, config.model_digest, config.trusted_types
+        config.model.uri, config.model.format, config.model.digest, config.model.trusted_types
     )
     reference = None
     info = model.info
     names_in = getattr(model.estimator, "feature_names_in_", None)
     names = None if names_in is None else [str(name) for name in names_in]
-    if config.reference_uri is not None:
-        reference = drift.read_profile(config.reference_uri, config.reference_digest)
+    if config.monitoring.reference_uri is not None:
+        reference = drift.read_profile(
+            config.monitoring.reference_uri, config.monitoring.reference_digest
+        )
         drift.check_fits(reference, info.n_features, info.classes if info.is_classifier else None)
         names = [feature.name for feature in reference.features]
     try:
-        redact = payloadlog.redacted_indices(config.payload_log_redact, names)
+        redact = payloadlog.redacted_indices(config.monitoring.payload_log_redact, names)
     except ValueError as error:
         raise ModelLoadError(str(error)) from None
     return model, reference, redact
@@ -283,16 +289,16 @@ def _payload_logger(
     config: ServeConfig, metrics: Metrics, redact: list[int]
 ) -> payloadlog.PayloadLogger | None:
     """The started payload log, when a sink is configured."""
-    if config.payload_log_url is None:
+    if config.monitoring.payload_log_url is None:
         return None
     payload_log = payloadlog.PayloadLogger(
         metrics.registry,
-        model=config.model_name,
-        version=config.model_version,
-        url=config.payload_log_url,
-        sample_rate=config.payload_log_sample_rate,
+        model=config.model.name,
+        version=config.model.version,
+        url=config.monitoring.payload_log_url,
+        sample_rate=config.monitoring.payload_log_sample_rate,
         redact=redact,
-        max_queue=config.payload_log_max_queue,
+        max_queue=config.monitoring.payload_log_max_queue,
     )
     payload_log.start()
     metrics.also_flush(payload_log.flush)
