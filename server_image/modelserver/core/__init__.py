@@ -1,1 +1,1 @@
-"""What every part shares: errors, digests, termination log, log lines; imports no other part."""
+"""What every part shares: errors, digests, termination log, log lines, flags; imports no part."""
