@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from modelserver.access import kubeapi
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.auth")  # the name its log lines have always carried
 
 ALLOWED = 200
 UNAUTHENTICATED = 401

@@ -14,7 +14,7 @@ import logging
 import ssl
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.tls")  # the name its log lines have always carried
 
 CHECK_INTERVAL_SECONDS = 5.0
 HANDSHAKE_TIMEOUT_SECONDS = 10.0

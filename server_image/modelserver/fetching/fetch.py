@@ -41,7 +41,7 @@ from modelserver.core import digest, termination
 from modelserver.core.errors import FetchError
 from modelserver.fetching.options import FetchConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.fetch")  # the name its log lines have always carried
 
 _CHUNK = 1024 * 1024
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}

@@ -38,7 +38,7 @@ from modelserver.core.errors import (
 from modelserver.serving.admission import Admission
 from modelserver.serving.dataplane import Client, DataPlane, Reply, error_reply
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.httpserver")  # the name its log lines have always carried
 access_log = logging.getLogger("modelserver.access")
 
 _REASONS = {

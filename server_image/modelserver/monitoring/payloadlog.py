@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from modelserver.protocols import codec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.payloadlog")  # the name its log lines have always carried
 
 REQUEST_TYPE = b"io.modeldeploy.inference.request"
 RESPONSE_TYPE = b"io.modeldeploy.inference.response"

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from modelserver.runtimes import runtime
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.monitoring")  # the name its log lines have always carried
 
 # Runs `method` on a 2-D array (batching.Runner).
 Runner = Callable[[str, np.ndarray], np.ndarray]

@@ -20,7 +20,7 @@ from modelserver.monitoring import drift
 from modelserver.monitoring.options import ProfileConfig
 from modelserver.runtimes import loader, runtime
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.profile")  # the name its log lines have always carried
 
 
 class DataError(Exception):

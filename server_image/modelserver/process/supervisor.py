@@ -30,7 +30,7 @@ from modelserver.process.options import ServeConfig
 from modelserver.process.probes import HealthListener
 from modelserver.process.readiness import Readiness
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.supervisor")  # the name its log lines have always carried
 
 # worker.run: (config, worker index, shared readiness, the pod's rate limiter) -> exit code
 WorkerMain = Callable[[ServeConfig, int, Readiness, ratelimit.RateLimiter | None], int]

@@ -38,7 +38,7 @@ from modelserver.runtimes import loader, runtime
 from modelserver.serving.admission import Admission
 from modelserver.serving.dataplane import DataPlane
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.worker")  # the name its log lines have always carried
 
 EXIT_OK = 0
 EXIT_LOAD_FAILED = termination.EXIT_LOAD_FAILED

@@ -25,7 +25,7 @@ import numpy as np
 
 from modelserver.core.errors import BadRequestError, InternalError, RequestError, UnavailableError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.batching")  # the name its log lines have always carried
 
 
 class Job(Protocol):

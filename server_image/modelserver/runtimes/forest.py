@@ -25,7 +25,7 @@ from sklearn.ensemble import (
 )
 from sklearn.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.forest")  # the name its log lines have always carried
 
 _CLASSIFIERS = (RandomForestClassifier, ExtraTreesClassifier)
 _REGRESSORS = (RandomForestRegressor, ExtraTreesRegressor)

@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.linear")  # the name its log lines have always carried
 
 
 class LinearPath:

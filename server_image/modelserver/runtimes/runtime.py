@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from sklearn.base import is_classifier
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.runtime")  # the name its log lines have always carried
 
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"

@@ -36,7 +36,7 @@ from modelserver.protocols import codec, v1, v2
 from modelserver.runtimes import batching, runtime
 from modelserver.serving.admission import Admission
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("modelserver.dataplane")  # the name its log lines have always carried
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
