@@ -230,11 +230,15 @@ class ChildWriter:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def read_all(self, owner: render.Owner) -> None:
+    def read_all(self, owner: render.Owner, *, with_canary: bool) -> None:
         """Every child a resource may have, read from the API server into the cache (a full
-        pass: a missed watch event hides nothing after this)."""
+        pass: a missed watch event hides nothing after this); the canary's Deployment only
+        ``with_canary`` (the strategy or the status names one)."""
         names = [(kind, owner.name) for kind in render.CHILD_KINDS]
-        names.append((render.DEPLOYMENT, canary.canary_name(owner.name)))
+        if with_canary or self.cache.get(
+            render.DEPLOYMENT, owner.namespace, canary.canary_name(owner.name)
+        ):
+            names.append((render.DEPLOYMENT, canary.canary_name(owner.name)))
         for _ in self._io.map(lambda k: self.read(k[0], owner.namespace, k[1]), names):
             pass  # each read lands in the cache
 
@@ -282,25 +286,17 @@ class ChildWriter:
             ):
                 continue
             pending.append((obj, hashed))
-        # The Deployments (which start pods) go last, once every other child is in place;
-        # the children this pass created are deleted again if a name turns out to be taken.
-        first = [item for item in pending if item[0]["kind"] != render.DEPLOYMENT.kind]
-        last = [item for item in pending if item[0]["kind"] == render.DEPLOYMENT.kind]
+        # All at once (one round trip); if a name turns out to be taken, what this pass
+        # created is deleted again (by uid), as if every name had been checked first.
         try:
             self._all(
                 [
                     self._io.submit(self._write_child, obj, hashed, spec, owner, written)
-                    for obj, hashed in first
+                    for obj, hashed in pending
                 ]
                 + [
                     self._io.submit(self._delete_child, kind, owner, name, written, fresh)
                     for kind, name in unwanted
-                ]
-            )
-            self._all(
-                [
-                    self._io.submit(self._write_child, obj, hashed, spec, owner, written)
-                    for obj, hashed in last
                 ]
             )
         except NameConflictError:

@@ -261,7 +261,11 @@ class Reconciler:
             try:
                 # look: a resource no pass has seen controls no child yet, nothing to read
                 if full and previous.get("observedGeneration"):
-                    self._writer.read_all(owner)
+                    rollout = spec.rollout or api.Rollout()
+                    self._writer.read_all(
+                        owner,
+                        with_canary=rollout.strategy == "Canary" or bool(previous.get("canary")),
+                    )
                 # plan
                 children = render.render_children(owner, spec, self.settings)
                 move = self._canary_move(

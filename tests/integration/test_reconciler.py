@@ -352,3 +352,31 @@ def test_a_created_childs_later_apply_removes_what_the_spec_no_longer_sets(
     assert ("modeldeploy", "Apply") in managers
     assert ("modeldeploy", "Update") not in managers
     reconciler.close()
+
+
+def test_a_resync_deletes_the_token_review_bindings_no_live_resource_wants(
+    crd_installed: None,  # noqa: F811 - fixture
+    operator_kubeconfig: Path,  # noqa: F811 - fixture
+    api_client: client.ApiClient,
+    namespace: str,
+) -> None:
+    """The ClusterRoleBinding of a resource with auth on is cluster-scoped, so nothing
+    garbage-collects it; deleted while no operator ran, its resource leaves it behind. The
+    sweep deletes it and keeps the binding of a live resource."""
+    models = Models(api_client, namespace)
+    reconciler = _reconciler(operator_kubeconfig)
+    for name in ("kept", "orphan"):
+        models.create(name, {"model": FILE_MODEL, "replicas": 1, "auth": {"mode": "Kubernetes"}})
+        reconciler.reconcile(models.get(name), full=False, inspect_pods=False)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    binding = f"modeldeploy:{namespace}:orphan"
+    assert rbac.read_cluster_role_binding(binding)
+    models.delete("orphan")  # and no operator sees it go
+
+    swept = reconciler.sweep_bindings(())  # other tests' orphans go too: only ours count
+    assert [name for name in swept if f":{namespace}:" in name] == [binding]
+    names = {item.metadata.name for item in rbac.list_cluster_role_binding().items}
+    assert binding not in names
+    assert f"modeldeploy:{namespace}:kept" in names
+    assert not [name for name in reconciler.sweep_bindings(()) if f":{namespace}:" in name]
+    reconciler.close()
