@@ -192,7 +192,7 @@ class Controller:
         self._full.discard(key)
         from_event = key in self._from_event
         self._from_event.discard(key)
-        trigger = "full" if full else "child"
+        trigger = "full" if full else "spec" if from_event else "child"
         inspect_pods = now - self._unsettled_since.get(key, now) >= INSPECT_PODS_AFTER
         loop = asyncio.get_running_loop()
         if full and not from_event:

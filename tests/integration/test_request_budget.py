@@ -86,11 +86,11 @@ def test_one_resources_life_stays_within_its_request_budget(
 
         def create() -> None:
             models.create("life", {"model": FILE_MODEL, "replicas": 1})
-            models.wait_condition("life", "Ready", "True")
+            models.wait_condition("life", "Ready", "True", timeout=90)
 
         def change() -> None:
             models.patch_spec("life", {"model": {**FILE_MODEL, "version": "2"}})
-            models.wait_condition("life", "Ready", "True")
+            models.wait_condition("life", "Ready", "True", timeout=90)
 
         def delete() -> None:
             models.delete("life")
