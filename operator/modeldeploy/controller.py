@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from modeldeploy import api, metrics, reconcile
+from modeldeploy import api, children, metrics
 from modeldeploy.kube import KubeError
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.workqueue import Backoff, Result, WorkQueue, jittered
@@ -141,7 +141,7 @@ class Controller:
     def child_event(self, event_type: str | None, body: Obj) -> None:
         """A child (Deployment, Service, ...) changed: a pass from the cache if it matters."""
         metrics.WATCH_EVENTS.labels(kind=str(body.get("kind"))).inc()
-        owner = reconcile.owner_name(body)
+        owner = children.owner_name(body)
         if owner is None:
             return
         key = (body["metadata"].get("namespace", ""), owner)

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from modeldeploy import access, api, canary, drift, metrics, pods, render, scrape, status
-from modeldeploy.children import ChildCache, ChildWriter, NameConflictError, digest, owner_name
+from modeldeploy.children import ChildCache, ChildWriter, NameConflictError, digest
 from modeldeploy.kube import Kube, KubeError
 from modeldeploy.settings import Settings
 
@@ -46,8 +46,6 @@ IO_THREADS = 16
 # A status write that only moves a rollout's figures waits this long after the last write: a
 # rollout's steps then cost one write, not one per pod (a condition's status goes at once).
 PROGRESS_WRITE_SECONDS = 5.0
-
-__all__ = ["NameConflictError", "Outcome", "Reconciler", "owner_name"]
 
 
 def utcnow() -> str:

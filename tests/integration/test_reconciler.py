@@ -163,6 +163,13 @@ class _RecordingKube(Kube):
         return super()._call(method, path, kind=kind, **kwargs)
 
 
+def _recording(kubeconfig: Path) -> tuple[Reconciler, _RecordingKube]:
+    """A reconciler whose client notes every request."""
+    reconciler = _reconciler(kubeconfig, _RecordingKube)
+    assert isinstance(reconciler.kube, _RecordingKube)
+    return reconciler, reconciler.kube
+
+
 def test_a_full_pass_reads_every_child_before_its_first_write(
     crd_installed: None,  # noqa: F811 - fixture
     operator_kubeconfig: Path,  # noqa: F811 - fixture
@@ -172,9 +179,7 @@ def test_a_full_pass_reads_every_child_before_its_first_write(
     """The children to write and those that must go are read together, so a full pass costs
     one round trip of reads, one of writes and the status write (not a read per unwanted kind
     after the writes); the unwanted ones are still removed in the same pass."""
-    reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
-    kube = reconciler.kube
-    assert isinstance(kube, _RecordingKube)
+    reconciler, kube = _recording(operator_kubeconfig)
     models = Models(api_client, namespace)
     models.create("first", {"model": FILE_MODEL, "autoscaling": SCALED})
     reconciler.reconcile(models.get("first"))
@@ -202,9 +207,7 @@ def test_a_new_resources_first_pass_reads_nothing_and_writes_status_once(
     """Nothing can be controlled by a resource no pass has seen: its first pass creates its
     children (a create fails if the name is taken, so nothing is read first) and writes its
     status once: four requests, where the pass before the cache-first writes sent eight."""
-    reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
-    kube = reconciler.kube
-    assert isinstance(kube, _RecordingKube)
+    reconciler, kube = _recording(operator_kubeconfig)
     models = Models(api_client, namespace)
     models.create("fresh", {"model": FILE_MODEL, "replicas": 1})
     outcome = reconciler.reconcile(models.get("fresh"), inspect_pods=False)
@@ -228,9 +231,7 @@ def test_a_stale_cache_entry_is_caught_by_the_writes_precondition_not_by_a_read(
     neither event). A spec change that rewrites the Service applies it with the uid the cache
     holds: the API server refuses it, the Service is read once, found to be someone else's and
     left alone. The other way round, a child deleted behind the cache is created again."""
-    reconciler = _reconciler(operator_kubeconfig, _RecordingKube)
-    kube = reconciler.kube
-    assert isinstance(kube, _RecordingKube)
+    reconciler, kube = _recording(operator_kubeconfig)
     models = Models(api_client, namespace)
     models.create("swapped", {"model": FILE_MODEL, "replicas": 1})
     reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
