@@ -232,8 +232,10 @@ class Kube:
     def apply(self, obj: Obj, *, field_manager: str | None = None, uid: str | None = None) -> Obj:
         """Server-side apply ``obj`` (force: the operator is the authority on what it renders).
 
-        With ``uid``, only to that object: a 409 KubeError when it is gone or was replaced
-        (the API server never creates an object whose apply names a uid).
+        With ``uid``, only to that object: a 409 KubeError when it is gone or was replaced.
+        The API server answers the first with a 409 (it never creates an object whose apply
+        names a uid) and the second with a 422 for ``metadata.uid`` (immutable); here both
+        are the failed precondition they are.
         """
         meta = obj["metadata"]
         if uid:
@@ -241,17 +243,22 @@ class Kube:
         path = _path(
             obj["apiVersion"], _PLURALS[obj["kind"]], meta.get("namespace", ""), meta["name"]
         )
-        return self._call(
-            "PATCH",
-            path,
-            kind=obj["kind"],
-            body=obj,
-            query=[
-                ("fieldManager", field_manager or self._settings.field_manager),
-                ("force", "true"),
-            ],
-            content_type=APPLY,
-        )
+        try:
+            return self._call(
+                "PATCH",
+                path,
+                kind=obj["kind"],
+                body=obj,
+                query=[
+                    ("fieldManager", field_manager or self._settings.field_manager),
+                    ("force", "true"),
+                ],
+                content_type=APPLY,
+            )
+        except KubeError as error:
+            if uid and error.status == 422 and "metadata.uid" in error.message:
+                raise KubeError(409, error.message, kind=obj["kind"], reason="Conflict") from None
+            raise
 
     def own_as_applied(
         self, kind: ChildKind, namespace: str, name: str, *, uid: str, index: int

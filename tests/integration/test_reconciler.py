@@ -233,7 +233,12 @@ def test_a_stale_cache_entry_is_caught_by_the_writes_precondition_not_by_a_read(
     left alone. The other way round, a child deleted behind the cache is created again."""
     reconciler, kube = _recording(operator_kubeconfig)
     models = Models(api_client, namespace)
-    models.create("swapped", {"model": FILE_MODEL, "replicas": 1})
+    tls = {"secretName": "swapped-cert"}  # changes the Service's port: a Service write
+    models.create("swapped", {"model": FILE_MODEL, "replicas": 1, "tls": tls})
+    reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
+    # Applied once since its create, so its next write is an apply alone (no ownership patch,
+    # whose own uid test would catch the swap first).
+    models.patch_spec("swapped", {"tls": None})
     reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
     models.core.delete_namespaced_service("swapped", namespace)
     models.core.create_namespaced_service(
@@ -248,7 +253,7 @@ def test_a_stale_cache_entry_is_caught_by_the_writes_precondition_not_by_a_read(
     # The NetworkPolicy goes too, unseen: it must come back.
     client.NetworkingV1Api(api_client).delete_namespaced_network_policy("swapped", namespace)
 
-    models.patch_spec("swapped", {"tls": {"secretName": "swapped-cert"}})  # a new Service port
+    models.patch_spec("swapped", {"tls": tls})
     kube.requests.clear()
     outcome = reconciler.reconcile(models.get("swapped"), full=False, inspect_pods=False)
     assert outcome.name_conflict
